@@ -1,0 +1,34 @@
+# Two entry points that work on a fresh machine: `make test` and `make run`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint run bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check modelcache tests bench
+	$(BIN)/ruff format --check modelcache tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+run: $(STAMP)
+	@echo "make run starts the coordinator, a local origin and three agents; it arrives with the agent (issue 4)."
+	@echo "Until then, pull a model by hand:  $(BIN)/modelcache pull hf://OWNER/MODEL ./model"
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.pull_bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

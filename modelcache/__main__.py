@@ -1,0 +1,5 @@
+import sys
+
+from modelcache.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,240 @@
+"""Ranged GETs into preallocated staging files: retries, throttling, positional writes.
+
+A worker asks for one chunk at a time. Body bytes are gathered up to `write_block` and written
+with one positional `pwritev` on the pull's I/O threads; the chunk's journal record is appended in
+the same thread call as its last write, so the journal never claims bytes the kernel does not have.
+A retry asks only for what is still missing of the chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from modelcache.contract.errors import TemporaryError
+from modelcache.pulling.httperrors import error_for_status
+from modelcache.pulling.journaling import Journal
+from modelcache.pulling.planning import Chunk
+from modelcache.pulling.settings import PullSettings
+from modelcache.pulling.transfers import FileTransfer
+
+log = logging.getLogger(__name__)
+
+READ_PIECE = 1 << 20
+AUTH_HINT = "check the source's credentials (HF_TOKEN, AWS_*) and that they grant read access"
+
+WrittenCallback = Callable[[FileTransfer, int], None]
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where the next body byte goes; survives retries of one chunk."""
+
+    position: int
+    streaming: bool = False
+
+
+class ChunkFetcher:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        headers: Mapping[str, str],
+        settings: PullSettings,
+        journal: Journal,
+        io: ThreadPoolExecutor,
+        on_written: WrittenCallback,
+    ) -> None:
+        self._session = session
+        self._headers = {**headers, "Accept-Encoding": "identity"}
+        self._settings = settings
+        self._journal = journal
+        self._io = io
+        self._on_written = on_written
+        self._limiter = (
+            AsyncLimiter(settings.max_bandwidth, 1.0) if settings.max_bandwidth else None
+        )
+
+    async def fetch(self, transfer: FileTransfer, chunk: Chunk) -> None:
+        """Fetch one chunk (or, if the server ignores Range, the whole file), retrying."""
+        cursor = _Cursor(position=chunk.start)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.attempts_per_chunk),
+            wait=_backoff(self._settings),
+            retry=retry_if_exception_type(TemporaryError),
+            before_sleep=_log_retry(transfer, chunk),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._fetch_once(transfer, chunk, cursor)
+
+    async def _fetch_once(self, transfer: FileTransfer, chunk: Chunk, cursor: _Cursor) -> None:
+        if transfer.streaming and not cursor.streaming:
+            return  # another worker streams the whole file, this chunk included
+        stop = transfer.size if cursor.streaming else chunk.end
+        last = "" if cursor.streaming else str(stop - 1)
+        headers = {**self._headers, "Range": f"bytes={cursor.position}-{last}"}
+        what = f"{transfer.remote.path} bytes {cursor.position}-{stop - 1}"
+        try:
+            async with self._session.get(transfer.remote.url, headers=headers) as resp:
+                if resp.status == 206:
+                    if _content_range_start(resp.headers.get("Content-Range")) != cursor.position:
+                        raise TemporaryError(f"{what}: server answered a different range")
+                    await self._stream(resp, transfer, chunk, cursor, stop)
+                elif resp.status == 200:
+                    # The server ignored Range and sends the whole file. One worker takes the
+                    # file over and writes it front to back; the others drop their chunks.
+                    if transfer.streaming and not cursor.streaming:
+                        return
+                    if not cursor.streaming:
+                        transfer.streaming = cursor.streaming = True
+                        cursor.position = 0
+                        log.info("%s: server ignores Range, streaming whole file", what)
+                    await self._stream(resp, transfer, chunk, cursor, transfer.size, skip=True)
+                else:
+                    raise error_for_status(
+                        resp.status, resp.headers, what=what, auth_hint=AUTH_HINT
+                    )
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            raise TemporaryError(f"{what}: {type(e).__name__}: {e}") from e
+
+    async def _stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        transfer: FileTransfer,
+        chunk: Chunk,
+        cursor: _Cursor,
+        stop: int,
+        *,
+        skip: bool = False,
+    ) -> None:
+        """Copy the body into the file from `cursor.position` up to `stop`.
+
+        With `skip`, the body starts at offset 0 and bytes before the cursor are dropped (a retry
+        against a server that cannot resume)."""
+        to_skip = cursor.position if skip else 0
+        pending: list[bytes] = []
+        pending_len = 0
+        async for piece in resp.content.iter_chunked(READ_PIECE):
+            if to_skip:
+                drop = min(to_skip, len(piece))
+                to_skip -= drop
+                piece = piece[drop:]
+                if not piece:
+                    continue
+            room = stop - cursor.position - pending_len
+            if len(piece) > room:
+                piece = piece[:room]
+            await self._throttle(len(piece))
+            pending.append(piece)
+            pending_len += len(piece)
+            if pending_len >= self._settings.write_block or pending_len == stop - cursor.position:
+                await self._flush(transfer, chunk, cursor, pending)
+                pending, pending_len = [], 0
+                if cursor.position >= stop:
+                    break
+        if pending:
+            await self._flush(transfer, chunk, cursor, pending)
+        if cursor.position < stop:
+            raise TemporaryError(
+                f"{transfer.remote.path}: body ended at byte {cursor.position}, expected {stop}"
+            )
+
+    async def _flush(
+        self, transfer: FileTransfer, chunk: Chunk, cursor: _Cursor, pieces: list[bytes]
+    ) -> None:
+        length = sum(len(p) for p in pieces)
+        new_position = cursor.position + length
+        if cursor.streaming:
+            finished = [
+                c.index
+                for c in transfer.chunks
+                if not transfer.done[c.index] and c.end <= new_position
+            ]
+        else:
+            finished = [chunk.index] if new_position == chunk.end else []
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._io, self._write, transfer, pieces, cursor.position, finished
+        )
+        cursor.position = new_position
+        transfer.bytes_written = min(transfer.size, transfer.bytes_written + length)
+        self._on_written(transfer, length)
+        if finished:
+            transfer.mark_done(finished)
+
+    def _write(
+        self, transfer: FileTransfer, pieces: list[bytes], offset: int, finished: list[int]
+    ) -> None:
+        """Runs on an I/O thread: the bytes first, then their journal records."""
+        while pieces:
+            written = os.pwritev(transfer.fd, pieces, offset)
+            offset += written
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces[0])
+                pieces = pieces[1:]
+            if written:
+                pieces = [pieces[0][written:], *pieces[1:]]
+        for index in finished:
+            self._journal.record(transfer.index, index)
+
+    async def _throttle(self, amount: int) -> None:
+        if self._limiter is None:
+            return
+        burst = int(self._limiter.max_rate)
+        while amount > 0:
+            step = min(amount, burst)
+            await self._limiter.acquire(step)
+            amount -= step
+
+
+def _content_range_start(value: str | None) -> int | None:
+    # "bytes 100-199/1000"
+    if not value or not value.startswith("bytes "):
+        return None
+    start = value[6:].split("-", 1)[0]
+    return int(start) if start.isdigit() else None
+
+
+def _backoff(settings: PullSettings) -> Callable[[RetryCallState], float]:
+    jittered = wait_random_exponential(
+        multiplier=settings.retry_base_delay, max=settings.retry_max_delay
+    )
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TemporaryError) and error.retry_after is not None:
+            return min(error.retry_after, settings.retry_max_delay)
+        return float(jittered(state))
+
+    return wait
+
+
+def _log_retry(transfer: FileTransfer, chunk: Chunk) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "retrying %s chunk %d in %.1fs (attempt %d): %s",
+            transfer.remote.path,
+            chunk.index,
+            delay,
+            state.attempt_number,
+            error,
+        )
+
+    return before_sleep

@@ -1,0 +1,373 @@
+"""`pull`: make a destination folder hold exactly a source's files, verified, or leave it alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import aiohttp
+
+from modelcache.contract.errors import (
+    DestinationConflictError,
+    IntegrityError,
+    ModelCacheError,
+    SourceNotFoundError,
+)
+from modelcache.contract.quantities import format_bytes
+from modelcache.contract.uris import ModelSource, parse_source_uri
+from modelcache.pulling.capacity import ensure_free_space
+from modelcache.pulling.fetching import ChunkFetcher
+from modelcache.pulling.journaling import Journal, open_journal
+from modelcache.pulling.listing import RemoteListing
+from modelcache.pulling.manifests import Manifest, read_manifest, write_manifest
+from modelcache.pulling.planning import Chunk, in_fetch_order, plan_chunks
+from modelcache.pulling.safety import check_listing
+from modelcache.pulling.settings import PullSettings, SourceCredentials
+from modelcache.pulling.sources import list_source
+from modelcache.pulling.staging import (
+    StagingPaths,
+    exclusive_lock,
+    fsync_tree_dirs,
+    publish,
+    recover_publish,
+)
+from modelcache.pulling.transfers import FileTransfer
+from modelcache.pulling.verifying import TrailingHasher, check_published
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """Sent after every write; cheap to build, so callers throttle their own display."""
+
+    path: str
+    file_done: int
+    file_total: int
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[PullProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    dest: Path
+    source: str
+    revision: str
+    files: int
+    total_bytes: int
+    fetched_bytes: int
+    """Bytes that crossed the network in this run (a resumed pull fetches only the rest)."""
+    seconds: float
+    up_to_date: bool
+    """True when the destination already held this exact revision and nothing was fetched."""
+
+
+def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
+    """One pooled session for a pull: its connections are shared by every file's chunks."""
+    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        read_bufsize=1 << 20,
+        headers={"User-Agent": "modelcache"},
+    )
+
+
+async def pull(
+    uri: str,
+    dest: Path,
+    *,
+    settings: PullSettings,
+    credentials: SourceCredentials,
+    source: ModelSource | None = None,
+    progress: ProgressCallback | None = None,
+    verify_digests: bool = False,
+) -> PullResult:
+    """Pull `uri` into the folder `dest`, resuming a partial pull of the same source.
+
+    `verify_digests` re-hashes an already published model instead of checking sizes only.
+    """
+    started = time.monotonic()
+    source = source or parse_source_uri(uri)
+    paths = StagingPaths(Path(os.path.abspath(dest)))  # noqa: ASYNC240 (getcwd, no disk I/O)
+    async with open_http_session(settings) as session:
+        listing = await list_source(source, uri, credentials, session)
+        listing = listing.filtered(settings.include, settings.exclude)
+        if not listing.files:
+            filtered = (
+                " matching --include/--exclude" if settings.include or settings.exclude else ""
+            )
+            raise SourceNotFoundError(f"{uri} has no files{filtered}: nothing to pull")
+        check_listing(uri, listing.files, max_files=settings.max_files)
+        with exclusive_lock(paths):
+            await asyncio.to_thread(recover_publish, paths)
+            if await _already_published(paths, listing, verify_digests):
+                return PullResult(
+                    paths.dest,
+                    uri,
+                    listing.revision,
+                    len(listing.files),
+                    listing.total_bytes,
+                    0,
+                    time.monotonic() - started,
+                    up_to_date=True,
+                )
+            await asyncio.to_thread(_refuse_foreign_destination, paths)
+            run = _PullRun(listing, paths, settings, session, progress)
+            fetched = await run.execute()
+    return PullResult(
+        paths.dest,
+        uri,
+        listing.revision,
+        len(listing.files),
+        listing.total_bytes,
+        fetched,
+        time.monotonic() - started,
+        up_to_date=False,
+    )
+
+
+async def _already_published(paths: StagingPaths, listing: RemoteListing, digests: bool) -> bool:
+    manifest = await asyncio.to_thread(read_manifest, paths.manifest)
+    if manifest is None or manifest.fingerprint != listing.fingerprint():
+        return False
+    problems = await asyncio.to_thread(check_published, paths.dest, manifest, digests=digests)
+    for problem in problems:
+        log.warning("%s: %s: %s; pulling again", paths.dest, problem.path, problem.reason)
+    return not problems
+
+
+def _refuse_foreign_destination(paths: StagingPaths) -> None:
+    """Never replace a folder modelcache did not publish (an empty one is fine)."""
+    if paths.manifest.exists() or not os.path.lexists(paths.dest):
+        return
+    if paths.dest.is_dir() and not paths.dest.is_symlink() and not any(paths.dest.iterdir()):
+        return
+    raise DestinationConflictError(
+        f"{paths.dest} exists and was not created by modelcache: remove it or choose another "
+        "destination"
+    )
+
+
+class _PullRun:
+    """One attempt at moving the missing bytes of a listing into staging, then publishing."""
+
+    def __init__(
+        self,
+        listing: RemoteListing,
+        paths: StagingPaths,
+        settings: PullSettings,
+        session: aiohttp.ClientSession,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self._listing = listing
+        self._paths = paths
+        self._settings = settings
+        self._session = session
+        self._progress = progress
+        self._done_bytes = 0
+        self._fetched = 0
+        # Writes, hashing and fsync run here; joined before any file descriptor is closed, so a
+        # cancelled pull never has a thread writing into a recycled descriptor.
+        self._io = ThreadPoolExecutor(
+            max_workers=settings.concurrency + 4, thread_name_prefix="modelcache-io"
+        )
+
+    async def execute(self) -> int:
+        listing, paths = self._listing, self._paths
+        journal, chunk_size, finished = await self._in_thread(
+            open_journal, paths, listing.fingerprint(), self._settings.chunk_size
+        )
+        plan = plan_chunks([f.size for f in listing.files], chunk_size)
+        transfers = [
+            FileTransfer(i, f, paths.files / f.path, plan[i], finished)
+            for i, f in enumerate(listing.files)
+        ]
+        try:
+            needed = await self._in_thread(_unallocated_bytes, transfers)
+            await ensure_free_space(
+                paths.dest.parent,
+                needed,
+                self._settings.min_free_bytes,
+                what=f"pulling {listing.source} ({format_bytes(listing.total_bytes)})",
+            )
+            await self._in_thread(_open_and_preallocate, transfers)
+            self._done_bytes = sum(t.bytes_written for t in transfers)
+            await self._transfer_all(transfers, journal)
+            await self._in_thread(self._publish)
+        finally:
+            self._io.shutdown(wait=True)  # brief: at most one block write per worker
+            _close_all(transfers)
+            journal.close()
+        return self._fetched
+
+    async def _transfer_all(self, transfers: list[FileTransfer], journal: Journal) -> None:
+        queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        for chunk in in_fetch_order([t.chunks for t in transfers]):
+            if not transfers[chunk.file_index].done[chunk.index]:
+                queue.put_nowait(chunk)
+        fetcher = ChunkFetcher(
+            self._session,
+            self._listing.request_headers,
+            self._settings,
+            journal,
+            self._io,
+            self._on_written,
+        )
+        workers = self._settings.concurrency
+        with _first_error_of_group():
+            async with asyncio.TaskGroup() as group:
+                for i in range(workers):
+                    group.create_task(
+                        self._work(queue, fetcher, transfers), name=f"pull-worker-{i}"
+                    )
+                verifiers = [
+                    group.create_task(
+                        self._verify(t, queue, journal), name=f"verify:{t.remote.path}"
+                    )
+                    for t in transfers
+                ]
+                await asyncio.wait(verifiers)
+                for _ in range(workers):
+                    queue.put_nowait(None)
+
+    async def _work(
+        self,
+        queue: asyncio.Queue[Chunk | None],
+        fetcher: ChunkFetcher,
+        transfers: list[FileTransfer],
+    ) -> None:
+        while (chunk := await queue.get()) is not None:
+            transfer = transfers[chunk.file_index]
+            if transfer.done[chunk.index] or transfer.streaming:
+                continue
+            await fetcher.fetch(transfer, chunk)
+
+    async def _verify(
+        self, transfer: FileTransfer, queue: asyncio.Queue[Chunk | None], journal: Journal
+    ) -> None:
+        """Hash the file as its prefix fills in; when complete, check, fsync, or fetch again."""
+        digest = transfer.remote.digest
+        for refetch in range(self._settings.refetches_per_file + 1):
+            hasher = TrailingHasher(digest, transfer.size) if digest else None
+            transfer.changed.set()
+            while True:
+                await transfer.changed.wait()
+                transfer.changed.clear()
+                if hasher is not None:
+                    frontier = transfer.contiguous_end()
+                    if frontier > hasher.offset:
+                        await self._in_thread(hasher.advance_to, transfer.fd, frontier)
+                if transfer.complete and (hasher is None or hasher.offset == transfer.size):
+                    break
+            size = (await self._in_thread(os.fstat, transfer.fd)).st_size
+            if size == transfer.size and (hasher is None or hasher.matches()):
+                await self._in_thread(os.fsync, transfer.fd)
+                return
+            actual = f"{hasher.hexdigest()}" if hasher else f"size {size}"
+            problem = (
+                f"{transfer.remote.path} from {self._listing.source}: expected "
+                f"{digest.algorithm + ' ' + digest.hex if digest else f'size {transfer.size}'}, "
+                f"got {actual}"
+            )
+            if refetch == self._settings.refetches_per_file:
+                raise IntegrityError(
+                    f"{problem}, after {refetch + 1} downloads: the source serves corrupt data "
+                    "or its listing is wrong; report it to the source's owner"
+                )
+            log.warning("%s; fetching the file again", problem)
+            await self._in_thread(journal.forget_file, transfer.index)
+            self._done_bytes -= transfer.bytes_written
+            transfer.reset()
+            for chunk in transfer.chunks:
+                queue.put_nowait(chunk)
+
+    def _on_written(self, transfer: FileTransfer, length: int) -> None:
+        self._done_bytes += length
+        self._fetched += length
+        if self._progress is not None:
+            self._progress(
+                PullProgress(
+                    transfer.remote.path,
+                    transfer.bytes_written,
+                    transfer.size,
+                    self._done_bytes,
+                    self._listing.total_bytes,
+                )
+            )
+
+    def _publish(self) -> None:
+        fsync_tree_dirs(self._paths.files)
+        write_manifest(self._paths.staged_manifest, Manifest.for_listing(self._listing))
+        publish(self._paths)
+
+    async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
+
+
+def _unallocated_bytes(transfers: list[FileTransfer]) -> int:
+    """Bytes the staging files still need from the filesystem (resumed files hold theirs)."""
+    needed = 0
+    for t in transfers:
+        try:
+            allocated = t.path.stat().st_blocks * 512
+        except FileNotFoundError:
+            allocated = 0
+        needed += max(0, t.size - allocated)
+    return needed
+
+
+def _open_and_preallocate(transfers: list[FileTransfer]) -> None:
+    for t in transfers:
+        t.path.parent.mkdir(parents=True, exist_ok=True)
+        t.fd = os.open(t.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(t.fd).st_size > t.size:
+            os.ftruncate(t.fd, t.size)
+        if t.size:
+            # Reserve the blocks now: a full disk fails here, not halfway through the pull, and
+            # the file is laid out contiguously however the chunks arrive.
+            os.posix_fallocate(t.fd, 0, t.size)
+
+
+def _close_all(transfers: list[FileTransfer]) -> None:
+    for t in transfers:
+        if t.fd >= 0:
+            os.close(t.fd)
+            t.fd = -1
+
+
+@contextlib.contextmanager
+def _first_error_of_group() -> Iterator[None]:
+    """Raise a task group's most telling error by itself: ours first, then whatever came."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = _leaves(group)
+        ours = [e for e in errors if isinstance(e, ModelCacheError)]
+        raise (ours or errors)[0] from group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out

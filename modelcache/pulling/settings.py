@@ -1,0 +1,80 @@
+"""Tuning and credentials for pulls: frozen, built once by `main`, passed explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class PullSettings:
+    """How a pull moves bytes. Defaults were chosen by measurement (bench/pull_bench.py)."""
+
+    chunk_size: int = 32 * MiB
+    """Bytes per ranged request. Big enough to amortise a request, small enough to spread a file
+    over many connections and to bound what a kill -9 loses."""
+    concurrency: int = 16
+    """Ranged requests in flight at once, across all files of the pull."""
+    max_bandwidth: int | None = None
+    """Bytes per second over the whole pull; None for no cap."""
+    include: tuple[str, ...] = ()
+    """Glob patterns (fnmatch, on repo-relative paths): pull only files that match one."""
+    exclude: tuple[str, ...] = ()
+    """Glob patterns: skip files that match one."""
+    min_free_bytes: int = 1 * GiB
+    """Free space that must remain on the destination filesystem after the pull."""
+    max_files: int = 10_000
+    """A listing with more files than this is refused before anything is written."""
+    attempts_per_chunk: int = 8
+    """Tries per ranged request before the pull fails with a temporary error."""
+    retry_base_delay: float = 0.5
+    """First backoff delay in seconds; it doubles per attempt, with full jitter."""
+    retry_max_delay: float = 30.0
+    """Longest single backoff (and the longest Retry-After we honour)."""
+    refetches_per_file: int = 2
+    """Whole-file re-downloads after a digest mismatch before the pull fails."""
+    connect_timeout: float = 30.0
+    stall_timeout: float = 60.0
+    """Seconds without a single body byte before a request counts as stalled."""
+    write_block: int = 4 * MiB
+    """Body bytes gathered before one positional write; bounds memory per connection."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 64 * 1024:
+            raise ValueError("chunk size must be at least 64Ki")
+        if not 1 <= self.concurrency <= 256:
+            raise ValueError("concurrency must be between 1 and 256")
+        if self.max_bandwidth is not None and self.max_bandwidth < 64 * 1024:
+            raise ValueError("max bandwidth must be at least 64Ki bytes per second")
+        if self.attempts_per_chunk < 1 or self.refetches_per_file < 0:
+            raise ValueError("attempts must be >= 1 and refetches >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCredentials:
+    """Where the sources are and how to authenticate; read from the environment by `main`."""
+
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_token: str | None = field(default=None, repr=False)
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SourceCredentials:
+        """HF_ENDPOINT / HF_TOKEN, AWS_ENDPOINT_URL(_S3) / AWS_REGION (AWS_DEFAULT_REGION).
+
+        AWS keys and session tokens are left to botocore's credential chain, which also covers
+        web-identity (IRSA) and instance profiles.
+        """
+        return cls(
+            hf_endpoint=(environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/"),
+            hf_token=environ.get("HF_TOKEN") or environ.get("HUGGING_FACE_HUB_TOKEN") or None,
+            aws_endpoint_url=environ.get("AWS_ENDPOINT_URL_S3")
+            or environ.get("AWS_ENDPOINT_URL")
+            or None,
+            aws_region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+        )

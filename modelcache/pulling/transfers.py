@@ -1,0 +1,57 @@
+"""The state of one file while it is being pulled, shared by the workers and its verifier."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from modelcache.pulling.listing import RemoteFile
+from modelcache.pulling.planning import Chunk
+
+
+class FileTransfer:
+    def __init__(
+        self,
+        index: int,
+        remote: RemoteFile,
+        path: Path,
+        chunks: list[Chunk],
+        finished: set[tuple[int, int]],
+    ) -> None:
+        self.index = index
+        self.remote = remote
+        self.path = path
+        self.chunks = chunks
+        self.done = [(index, c.index) in finished for c in chunks]
+        self.fd = -1
+        self.streaming = False
+        """True once a worker streams the whole file because the server ignored Range."""
+        self.changed = asyncio.Event()
+        """Set whenever a chunk finishes: wakes the file's verifier."""
+        self.bytes_written = sum(c.length for c, d in zip(chunks, self.done, strict=True) if d)
+
+    @property
+    def size(self) -> int:
+        return self.remote.size
+
+    @property
+    def complete(self) -> bool:
+        return all(self.done)
+
+    def contiguous_end(self) -> int:
+        """Offset up to which every byte is on disk: what the trailing hasher may read."""
+        for chunk, done in zip(self.chunks, self.done, strict=True):
+            if not done:
+                return chunk.start
+        return self.size
+
+    def mark_done(self, indexes: list[int]) -> None:
+        for i in indexes:
+            self.done[i] = True
+        self.changed.set()
+
+    def reset(self) -> None:
+        """Forget every chunk: the file failed verification and will be fetched again."""
+        self.done = [False] * len(self.chunks)
+        self.streaming = False
+        self.bytes_written = 0

@@ -1,0 +1,112 @@
+"""Digests: computed while the download is still running, and re-checked on published models.
+
+A file's chunks finish out of order, but the hasher only needs a contiguous prefix: it trails the
+download frontier, reading back from the page cache on a worker thread, so the sha256 of a
+multi-GB file is ready moments after its last byte lands instead of a full re-read later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from modelcache.pulling.listing import Digest
+from modelcache.pulling.manifests import Manifest
+
+READ_BLOCK = 1 << 20
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def new_hash(digest: Digest, size: int) -> _Hash:
+    if digest.algorithm == "sha256":
+        return hashlib.sha256()
+    if digest.algorithm == "md5":
+        return hashlib.md5(usedforsecurity=False)
+    git = hashlib.sha1(usedforsecurity=False)
+    git.update(b"blob %d\0" % size)
+    return git
+
+
+class TrailingHasher:
+    """Hashes a file from offset 0 up to wherever the download has filled it contiguously.
+
+    `advance_to` blocks (reads and hashes): run it on a thread.
+    """
+
+    def __init__(self, digest: Digest, size: int) -> None:
+        self.expected = digest
+        self._size = size
+        self._hash = new_hash(digest, size)
+        self.offset = 0
+
+    def advance_to(self, fd: int, end: int) -> None:
+        while self.offset < end:
+            block = os.pread(fd, min(READ_BLOCK, end - self.offset), self.offset)
+            if not block:
+                raise OSError(f"unexpected end of staged file at offset {self.offset}")
+            self._hash.update(block)
+            self.offset += len(block)
+
+    def matches(self) -> bool:
+        return self._hash.hexdigest() == self.expected.hex.lower()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def hash_file(path: Path, digest: Digest, size: int) -> str:
+    """Full digest of a file on disk (blocking)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hasher = TrailingHasher(digest, size)
+        hasher.advance_to(fd, size)
+        if os.pread(fd, 1, size):
+            return "size-mismatch"
+        return hasher.hexdigest()
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyProblem:
+    path: str
+    reason: str
+
+
+def check_published(dest: Path, manifest: Manifest, *, digests: bool) -> list[VerifyProblem]:
+    """What is wrong with a published model compared to its manifest (blocking; use a thread).
+
+    Sizes always; digests when asked (that re-reads every byte). Extra files count as a problem:
+    the folder must hold exactly the repo's files.
+    """
+    problems: list[VerifyProblem] = []
+    expected = {f.path: f for f in manifest.files}
+    for f in manifest.files:
+        path = dest / f.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(VerifyProblem(f.path, "missing"))
+            continue
+        if size != f.size:
+            problems.append(VerifyProblem(f.path, f"size {size}, expected {f.size}"))
+        elif digests and f.digest is not None:
+            actual = hash_file(path, f.digest, f.size)
+            if actual != f.digest.hex.lower():
+                problems.append(VerifyProblem(f.path, f"{f.digest.algorithm} {actual} differs"))
+    if dest.is_dir():
+        for dirpath, _dirs, files in os.walk(dest):
+            for name in files:
+                rel = Path(dirpath, name).relative_to(dest).as_posix()
+                if rel not in expected:
+                    problems.append(VerifyProblem(rel, "not part of the model"))
+    else:
+        problems.append(VerifyProblem(".", f"{dest} is not a directory"))
+    return problems
