@@ -1,0 +1,262 @@
+"""hf:// pulls end to end against the in-process Hub origin: listing, bytes, faults, safety."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from modelcache.contract.errors import (
+    AccessDeniedError,
+    DestinationConflictError,
+    InsufficientDiskError,
+    IntegrityError,
+    SourceNotFoundError,
+    UnsafeListingError,
+)
+from modelcache.origin.repos import ServedFile
+from modelcache.pulling import PullProgress, SourceCredentials, pull
+from tests.pulling.conftest import FAST, REPO_FILES, HubFixture, tree_of
+
+URI = "hf://acme/tiny-model"
+TOTAL = sum(REPO_FILES.values())
+
+
+async def test_pull_publishes_exactly_the_repo_and_a_manifest(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    events: list[PullProgress] = []
+    dest = tmp_path / "models" / "tiny"
+    result = await pull(
+        URI, dest, settings=FAST, credentials=hub.credentials, progress=events.append
+    )
+
+    assert tree_of(dest) == tree_of(hub.source_dir)
+    assert result.revision == hub.repo.commit_sha
+    assert (result.files, result.total_bytes, result.fetched_bytes) == (5, TOTAL, TOTAL)
+    assert not result.up_to_date
+    # Staging is gone; only the model and its sidecars remain beside it.
+    assert sorted(p.name for p in dest.parent.iterdir()) == [
+        ".tiny.lock",
+        ".tiny.manifest.json",
+        "tiny",
+    ]
+    manifest = json.loads((dest.parent / ".tiny.manifest.json").read_text())
+    assert manifest["revision"] == hub.repo.commit_sha
+    by_path = {f["path"]: f for f in manifest["files"]}
+    lfs = next(f for f in hub.repo.files if f.path == "model-00002-of-00002.safetensors")
+    assert by_path[lfs.path]["digest"] == {"algorithm": "sha256", "hex": lfs.sha256}
+    small = next(f for f in hub.repo.files if f.path == "config.json")
+    assert by_path["config.json"]["digest"] == {"algorithm": "git-sha1", "hex": small.git_sha1}
+    # Progress reached the total, per file and overall.
+    assert events[-1].done == TOTAL
+    assert max(e.file_done for e in events if e.path == lfs.path) == lfs.size
+    # LFS bytes came as ranged requests, spread over several chunks.
+    assert hub.origin.stats.requests["cdn"] > 10
+
+
+async def test_rerun_after_success_verifies_and_fetches_nothing(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    dest = tmp_path / "m"
+    await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    sent = hub.data_bytes_sent()
+    again = await pull(URI, dest, settings=FAST, credentials=hub.credentials, verify_digests=True)
+    assert again.up_to_date
+    assert again.fetched_bytes == 0
+    assert hub.data_bytes_sent() == sent
+
+
+async def test_truncated_published_file_is_detected_and_pulled_again(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    dest = tmp_path / "m"
+    await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    with open(dest / "model-00001-of-00002.safetensors", "r+b") as f:
+        f.truncate(1000)
+    again = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert not again.up_to_date
+    assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_revision_is_pinned_and_named_revisions_resolve(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    hub.repo.revisions["v1.0"] = hub.repo.commit_sha
+    result = await pull(f"{URI}:v1.0", tmp_path / "m", settings=FAST, credentials=hub.credentials)
+    assert result.revision == hub.repo.commit_sha
+    with pytest.raises(SourceNotFoundError, match="revision 'nope' does not exist"):
+        await pull(f"{URI}:nope", tmp_path / "n", settings=FAST, credentials=hub.credentials)
+
+
+async def test_xet_advertising_hub_still_pulls_over_http(hub: HubFixture, tmp_path: Path) -> None:
+    hub.repo.xet = True
+    dest = tmp_path / "m"
+    await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_paginated_tree_listing(hub: HubFixture, tmp_path: Path) -> None:
+    hub.origin.tree_page_size = 2
+    dest = tmp_path / "m"
+    result = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert result.files == 5
+    assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_include_and_exclude(hub: HubFixture, tmp_path: Path) -> None:
+    settings = dataclasses.replace(FAST, include=("*.json",), exclude=("tokenizer/*",))
+    dest = tmp_path / "m"
+    await pull(URI, dest, settings=settings, credentials=hub.credentials)
+    assert list(tree_of(dest)) == ["config.json"]
+    with pytest.raises(SourceNotFoundError, match="no files matching"):
+        await pull(
+            URI,
+            tmp_path / "n",
+            credentials=hub.credentials,
+            settings=dataclasses.replace(FAST, include=("*.gguf",)),
+        )
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [
+        pytest.param(lambda f: f.status(500, count=3), id="5xx"),
+        pytest.param(lambda f: f.status(503, count=2, retry_after="0"), id="503-retry-after"),
+        pytest.param(lambda f: f.reset(after_bytes=100_000, count=2), id="reset-mid-body"),
+        pytest.param(lambda f: f.truncate(after_bytes=50_000, count=2), id="truncated-body"),
+        pytest.param(lambda f: f.flip(offset_in_response=1234, count=1), id="flipped-byte"),
+        pytest.param(lambda f: f.ignore_range(count=None, path="model-00002"), id="200-not-206"),
+        pytest.param(lambda f: f.stall(after_bytes=10_000, seconds=3, count=1), id="stall"),
+    ],
+)
+async def test_faults_are_survived_and_the_result_is_exact(
+    hub: HubFixture, tmp_path: Path, inject: object
+) -> None:
+    rule = inject(hub.origin.faults)  # type: ignore[operator]
+    settings = dataclasses.replace(FAST, stall_timeout=0.5)
+    dest = tmp_path / "m"
+    result = await pull(URI, dest, settings=settings, credentials=hub.credentials)
+    assert tree_of(dest) == tree_of(hub.source_dir)
+    assert result.total_bytes == TOTAL
+    assert rule.hits >= 1  # the fault really happened
+
+
+async def test_429_retry_after_is_honoured(hub: HubFixture, tmp_path: Path) -> None:
+    hub.origin.faults.status(429, count=1, retry_after="1")
+    started = time.monotonic()
+    await pull(URI, tmp_path / "m", settings=FAST, credentials=hub.credentials)
+    assert time.monotonic() - started >= 0.9  # the jittered backoff alone would be ~10 ms
+
+
+async def test_persistent_corruption_fails_and_publishes_nothing(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    hub.origin.faults.flip(offset_in_response=0, count=None, path="model-00002")
+    dest = tmp_path / "m"
+    with pytest.raises(
+        IntegrityError, match=r"model-00002-of-00002.safetensors .* after 3 downloads"
+    ):
+        await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert not dest.exists()
+    assert not (tmp_path / ".m.manifest.json").exists()
+
+
+async def test_endless_server_errors_give_up_with_a_temporary_error(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    hub.origin.faults.status(502, count=None)
+    settings = dataclasses.replace(FAST, attempts_per_chunk=3)
+    with pytest.raises(Exception, match="HTTP 502") as info:
+        await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
+    assert type(info.value).__name__ == "TemporaryError"
+    assert not (tmp_path / "m").exists()
+
+
+async def test_missing_repo_and_gated_repo_fail_fast_with_advice(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(SourceNotFoundError, match="repository not found"):
+        await pull("hf://acme/nope", tmp_path / "m", settings=FAST, credentials=hub.credentials)
+    hub.repo.gated = True
+    hub.origin.tokens.add("secret")
+    with pytest.raises(AccessDeniedError, match="HF_TOKEN"):
+        await pull(URI, tmp_path / "m", settings=FAST, credentials=hub.credentials)
+    assert time.monotonic() - started < 5  # no retries on permanent errors
+    with_token = SourceCredentials(hf_endpoint=hub.url, hf_token="secret")
+    await pull(URI, tmp_path / "m", settings=FAST, credentials=with_token)
+    assert tree_of(tmp_path / "m") == tree_of(hub.source_dir)
+
+
+async def test_not_enough_disk_fails_before_any_byte_moves(hub: HubFixture, tmp_path: Path) -> None:
+    settings = dataclasses.replace(FAST, min_free_bytes=1 << 60)
+    with pytest.raises(InsufficientDiskError, match=r"needs 5\.\d MiB more .* only .* available"):
+        await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
+    assert hub.data_bytes_sent() == 0
+    assert not (tmp_path / "m").exists()
+
+
+async def test_traversal_listing_is_refused_before_anything_is_written(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    real = hub.repo.files[0]
+    hub.repo.files.append(dataclasses.replace(real, path="../../escape.json"))
+    dest = tmp_path / "deep" / "m"
+    with pytest.raises(UnsafeListingError, match="unsafe file name '../../escape.json'"):
+        await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert not (tmp_path / "deep").exists()
+    assert not (tmp_path / "escape.json").exists()
+    assert isinstance(real, ServedFile)
+
+
+async def test_foreign_destination_is_never_overwritten(hub: HubFixture, tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / "precious.txt").write_text("keep me")
+    with pytest.raises(DestinationConflictError, match="not created by modelcache"):
+        await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert (dest / "precious.txt").read_text() == "keep me"
+
+
+async def test_changed_source_discards_the_old_partial(hub: HubFixture, tmp_path: Path) -> None:
+    """A partial left by one commit is not mixed into the pull of another."""
+    dest = tmp_path / "m"
+    hub.origin.faults.status(404, count=None, path="model-00002")
+    with pytest.raises(SourceNotFoundError):
+        await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    staging = tmp_path / ".m.partial"
+    assert (staging / "journal").read_text()  # something was kept for a resume
+    hub.origin.faults.clear()
+    # New content for one file: a new commit sha, a new fingerprint.
+    changed = hub.source_dir / "config.json"
+    changed.write_bytes(b'{"changed": true}')
+    from modelcache.origin.repos import load_repo
+
+    hub.origin.add_repo(load_repo("acme/tiny-model", hub.source_dir))
+    result = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert result.fetched_bytes == result.total_bytes
+    assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_single_https_file(hub: HubFixture, tmp_path: Path) -> None:
+    from modelcache.origin.repos import load_file
+
+    blob = hub.source_dir / "model-00001-of-00002.safetensors"
+    hub.origin.plain_files["weights.bin"] = load_file("weights.bin", blob)
+    dest = tmp_path / "w"
+    result = await pull(
+        f"{hub.url}/files/weights.bin", dest, settings=FAST, credentials=hub.credentials
+    )
+    assert tree_of(dest) == {"weights.bin": blob.read_bytes()}
+    assert result.files == 1
+    with pytest.raises(SourceNotFoundError):
+        await pull(
+            f"{hub.url}/files/missing.bin",
+            tmp_path / "x",
+            settings=FAST,
+            credentials=hub.credentials,
+        )
