@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+pytest_plugins = ["tests.hub_origin"]
+
 
 @pytest.fixture(autouse=True)
 async def no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:

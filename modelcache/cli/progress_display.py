@@ -17,8 +17,15 @@ PLAIN_INTERVAL_SECONDS = 5.0
 class ProgressDisplay:
     """Receives engine progress events (many per second) and shows them at a human pace."""
 
-    def __init__(self, stream: TextIO = sys.stderr, *, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO = sys.stderr,
+        *,
+        tty: bool | None = None,
+        interval: float = PLAIN_INTERVAL_SECONDS,
+    ) -> None:
         self._stream = stream
+        self._interval = interval
         self._tty = stream.isatty() if tty is None else tty
         self._bar: tqdm[Never] | None = None
         self._started = time.monotonic()
@@ -32,7 +39,7 @@ class ProgressDisplay:
             self._update_bar(event)
         else:
             now = time.monotonic()
-            if now - self._last_line >= PLAIN_INTERVAL_SECONDS:
+            if now - self._last_line >= self._interval:
                 self._last_line = now
                 self._stream.write(self._plain_line(event, now) + "\n")
                 self._stream.flush()
