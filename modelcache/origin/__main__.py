@@ -121,11 +121,11 @@ async def _serve(settings: OriginSettings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if settings.ready_file is not None:
+            await asyncio.to_thread(_write_atomically, settings.ready_file, url + "\n")
         print(f"origin listening on {url}", flush=True)
         for repo in origin.repos.values():
             print(f"  {repo.repo_id}@{repo.commit_sha[:12]}: {len(repo.files)} files", flush=True)
-        if settings.ready_file is not None:
-            await asyncio.to_thread(_write_atomically, settings.ready_file, url + "\n")
         await stop.wait()
         print("origin stopping", flush=True)
     finally:

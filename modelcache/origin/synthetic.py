@@ -20,7 +20,7 @@ import os
 import random
 import struct
 from collections.abc import Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 DEMO_REPO_ID = "demo/tiny-llama"
 
@@ -86,9 +86,9 @@ def default_demo_files() -> dict[str, int]:
     }
 
 
-def _checked_parts(relative: str) -> tuple[str, ...]:
-    parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+def _checked_parts(relative: str) -> list[str]:
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise ValueError(
             f"synthetic file path must be relative and stay inside the repo: {relative!r}"
         )

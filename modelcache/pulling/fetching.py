@@ -34,7 +34,6 @@ from modelcache.pulling.transfers import FileTransfer
 
 log = logging.getLogger(__name__)
 
-READ_PIECE = 1 << 20
 AUTH_HINT = "check the source's credentials (HF_TOKEN, AWS_*) and that they grant read access"
 
 WrittenCallback = Callable[[FileTransfer, int], None]
@@ -129,7 +128,8 @@ class ChunkFetcher:
         to_skip = cursor.position if skip else 0
         pending: list[bytes] = []
         pending_len = 0
-        async for piece in resp.content.iter_chunked(READ_PIECE):
+        # iter_any hands over the buffers as received; iter_chunked would join them (a copy).
+        async for piece in resp.content.iter_any():
             if to_skip:
                 drop = min(to_skip, len(piece))
                 to_skip -= drop

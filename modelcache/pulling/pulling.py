@@ -86,7 +86,7 @@ def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
-        read_bufsize=1 << 20,
+        read_bufsize=256 * 1024,
         headers={"User-Agent": "modelcache"},
     )
 
@@ -185,11 +185,14 @@ class _PullRun:
         self._progress = progress
         self._done_bytes = 0
         self._fetched = 0
-        # Writes, hashing and fsync run here; joined before any file descriptor is closed, so a
-        # cancelled pull never has a thread writing into a recycled descriptor.
-        self._io = ThreadPoolExecutor(
-            max_workers=settings.concurrency + 4, thread_name_prefix="modelcache-io"
+        # Blocking work runs on two small pools, both joined before any file descriptor is
+        # closed, so a cancelled pull never has a thread writing into a recycled descriptor.
+        # Few writer threads on purpose: buffered writes to one file serialise on its inode lock,
+        # and extra writers only spin on it.
+        self._writes = ThreadPoolExecutor(
+            max_workers=settings.write_threads, thread_name_prefix="modelcache-write"
         )
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelcache-io")
 
     async def execute(self) -> int:
         listing, paths = self._listing, self._paths
@@ -214,7 +217,9 @@ class _PullRun:
             await self._transfer_all(transfers, journal)
             await self._in_thread(self._publish)
         finally:
-            self._io.shutdown(wait=True)  # brief: at most one block write per worker
+            # Brief: what is running is at most one block write or hash read per thread.
+            self._writes.shutdown(wait=True, cancel_futures=True)
+            self._io.shutdown(wait=True, cancel_futures=True)
             _close_all(transfers)
             journal.close()
         return self._fetched
@@ -229,7 +234,7 @@ class _PullRun:
             self._listing.request_headers,
             self._settings,
             journal,
-            self._io,
+            self._writes,
             self._on_written,
         )
         workers = self._settings.concurrency

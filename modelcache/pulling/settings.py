@@ -40,8 +40,10 @@ class PullSettings:
     connect_timeout: float = 30.0
     stall_timeout: float = 60.0
     """Seconds without a single body byte before a request counts as stalled."""
-    write_block: int = 4 * MiB
+    write_block: int = 2 * MiB
     """Body bytes gathered before one positional write; bounds memory per connection."""
+    write_threads: int = 2
+    """Threads doing positional writes for the whole pull."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 64 * 1024:

@@ -13,7 +13,9 @@ from modelcache.contract.uris import (
     parse_source_uri,
 )
 
-names = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,20}[A-Za-z0-9])?", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,20}[A-Za-z0-9])?", fullmatch=True).filter(
+    lambda n: "--" not in n
+)
 revisions = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True).filter(
     lambda r: ".." not in r
 )

@@ -121,7 +121,9 @@ async def test_flip_changes_one_byte_of_the_response(
     origin.faults.flip(offset_in_response=10)
     _, body, error = await get(session, f"{url}/files/a.bin", {"Range": "bytes=1000-1999"})
     assert error is None
-    differing = [i for i, (a, b) in enumerate(zip(body, expected[1000:2000], strict=True)) if a != b]
+    differing = [
+        i for i, (a, b) in enumerate(zip(body, expected[1000:2000], strict=True)) if a != b
+    ]
     assert differing == [10]
     assert body[10] == expected[1010] ^ 0xFF
 

@@ -166,12 +166,15 @@ async def test_xet_repos_advertise_hashes_but_serve_http(
     entries = await list_tree(HfApi(endpoint=url, token=False), "acme/tiny", "main")
     hashes = {e.path: e.xet_hash for e in entries if isinstance(e, RepoFile)}
     assert hashes["config.json"] is None
-    assert hashes[BIG] is not None
-    assert len(hashes[BIG]) == 64
+    big_hash = hashes[BIG]
+    assert big_hash is not None
+    assert len(big_hash) == 64
 
     async with session.head(f"{url}/acme/tiny/resolve/main/{BIG}", allow_redirects=False) as head:
         assert head.headers["X-Xet-Hash"] == hashes[BIG]
-        assert head.headers["X-Xet-Refresh-Route"].endswith("/xet-read-token/" + head.headers["X-Repo-Commit"])
+        assert head.headers["X-Xet-Refresh-Route"].endswith(
+            "/xet-read-token/" + head.headers["X-Repo-Commit"]
+        )
         assert 'rel="xet-auth"' in head.headers["Link"]
     async with session.get(f"{url}/acme/tiny/resolve/main/{BIG}") as response:
         assert await response.read() == content(repo_dir, BIG)
