@@ -43,7 +43,7 @@ class UnsafeListingError(PermanentError):
 class InsufficientDiskError(PermanentError):
     """The destination filesystem cannot hold what remains to be written."""
 
-    def __init__(self, message: str, *, needed: int, available: int) -> None:
+    def __init__(self, message: str, *, needed: int | None, available: int | None) -> None:
         super().__init__(message)
         self.needed = needed
         self.available = available

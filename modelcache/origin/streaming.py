@@ -120,7 +120,7 @@ async def serve_file(
         return response
     try:
         await response.write(b"")  # the status line and headers leave now, even if 0 bytes follow
-        if fault is None and not delivery.rate and length:
+        if fault is None and length:
             await _send_file(request, served, start, length, delivery)
         else:
             await _send_body(request, response, served, start, length, fault, delivery)
@@ -182,6 +182,9 @@ async def _send_body(
                 await asyncio.sleep(ahead)
 
 
+_PACED_SENDFILE_BLOCK = 256 * 1024
+
+
 async def _send_file(
     request: web.Request, served: ServedFile, start: int, length: int, delivery: Delivery
 ) -> None:
@@ -192,13 +195,26 @@ async def _send_file(
     transport = request.transport
     if transport is None:
         return
+    loop = asyncio.get_running_loop()
+    # Paced: slices of a size that keeps the rate smooth; unpaced: all at once.
+    block = _PACED_SENDFILE_BLOCK if delivery.rate else length
+    began = loop.time()
+    sent = 0
     # open/close inline, not on a thread: a handler cancelled (client gone) between a threaded
     # open and the `try` would leak the file. Opening a local file does not wait on the disk.
     with served.disk_path.open("rb") as f:
-        # Counted when handed to the kernel: a client in the same event loop may have read the
-        # whole body before this coroutine runs again.
-        delivery.stats.count_body(served.path, length)
-        await asyncio.get_running_loop().sendfile(transport, f, start, length)
+        while sent < length:
+            count = min(block, length - sent)
+            if delivery.rate:
+                # Wait first, so no slice, the first included, arrives ahead of the rate.
+                ahead = (sent + count) / delivery.rate - (loop.time() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            # Counted when handed to the kernel: a client in the same event loop may have read
+            # the whole body before this coroutine runs again.
+            delivery.stats.count_body(served.path, count)
+            await loop.sendfile(transport, f, start + sent, count)
+            sent += count
 
 
 def _read_block(path: Path, offset: int, size: int) -> bytes:

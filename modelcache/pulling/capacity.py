@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import psutil
 
-from modelcache.contract.errors import InsufficientDiskError
+from modelcache.contract.errors import InsufficientDiskError, ModelCacheError, PermanentError
 from modelcache.contract.quantities import format_bytes
 
 
@@ -22,3 +23,18 @@ async def ensure_free_space(directory: Path, needed: int, keep_free: int, *, wha
             needed=needed + keep_free,
             available=usage.free,
         )
+
+
+def disk_error(path: Path, error: OSError) -> ModelCacheError:
+    """A local write that failed, as an error that names the file and the remedy."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientDiskError(
+            f"{path}: the disk filled up while writing ({error.strerror}): free some space "
+            "and run the pull again; it resumes",
+            needed=None,
+            available=None,
+        )
+    return PermanentError(
+        f"cannot write {error.filename or path}: {error.strerror or error}: check that the "
+        "destination is a writable folder on a local filesystem"
+    )

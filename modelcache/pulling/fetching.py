@@ -26,6 +26,7 @@ from tenacity import (
 )
 
 from modelcache.contract.errors import TemporaryError
+from modelcache.pulling.capacity import disk_error
 from modelcache.pulling.httperrors import error_for_status
 from modelcache.pulling.journaling import Journal
 from modelcache.pulling.planning import Chunk
@@ -34,6 +35,7 @@ from modelcache.pulling.transfers import FileTransfer
 
 log = logging.getLogger(__name__)
 
+_EXPIRED_REDIRECT_STATUSES = {401, 403, 404, 410}
 AUTH_HINT = "check the source's credentials (HF_TOKEN, AWS_*) and that they grant read access"
 
 WrittenCallback = Callable[[FileTransfer, int], None]
@@ -59,6 +61,10 @@ class ChunkFetcher:
     ) -> None:
         self._session = session
         self._headers = {**headers, "Accept-Encoding": "identity"}
+        self._plain_headers = {"Accept-Encoding": "identity"}
+        self._redirects: dict[int, str] = {}
+        """File index -> where the source redirected it (Hub LFS files go to a CDN). Asking the
+        Hub once per file instead of once per chunk spares its rate limits a request per chunk."""
         self._settings = settings
         self._journal = journal
         self._io = io
@@ -86,10 +92,26 @@ class ChunkFetcher:
             return  # another worker streams the whole file, this chunk included
         stop = transfer.size if cursor.streaming else chunk.end
         last = "" if cursor.streaming else str(stop - 1)
-        headers = {**self._headers, "Range": f"bytes={cursor.position}-{last}"}
         what = f"{transfer.remote.path} bytes {cursor.position}-{stop - 1}"
+        redirected = self._redirects.get(transfer.index)
+        # A remembered redirect target (a pre-signed CDN URL) gets no source credentials.
+        url, headers = (
+            (redirected, self._plain_headers)
+            if redirected
+            else (transfer.remote.url, self._headers)
+        )
+        headers = {**headers, "Range": f"bytes={cursor.position}-{last}"}
         try:
-            async with self._session.get(transfer.remote.url, headers=headers) as resp:
+            async with self._session.get(url, headers=headers) as resp:
+                if redirected is None and resp.history:
+                    self._redirects[transfer.index] = str(resp.url)
+                if redirected is not None and resp.status in _EXPIRED_REDIRECT_STATUSES:
+                    del self._redirects[transfer.index]
+                    raise TemporaryError(
+                        f"{what}: redirect target answered HTTP {resp.status} (expired?); "
+                        "asking the source again",
+                        retry_after=0,
+                    )
                 if resp.status == 206:
                     if _content_range_start(resp.headers.get("Content-Range")) != cursor.position:
                         raise TemporaryError(f"{what}: server answered a different range")
@@ -168,9 +190,12 @@ class ChunkFetcher:
         else:
             finished = [chunk.index] if new_position == chunk.end else []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._io, self._write, transfer, pieces, cursor.position, finished
-        )
+        try:
+            await loop.run_in_executor(
+                self._io, self._write, transfer, pieces, cursor.position, finished
+            )
+        except OSError as e:
+            raise disk_error(transfer.path, e) from e
         cursor.position = new_position
         transfer.bytes_written = min(transfer.size, transfer.bytes_written + length)
         self._on_written(transfer, length)

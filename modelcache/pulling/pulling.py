@@ -24,7 +24,7 @@ from modelcache.contract.errors import (
 )
 from modelcache.contract.quantities import format_bytes
 from modelcache.contract.uris import ModelSource, parse_source_uri
-from modelcache.pulling.capacity import ensure_free_space
+from modelcache.pulling.capacity import disk_error, ensure_free_space
 from modelcache.pulling.fetching import ChunkFetcher
 from modelcache.pulling.journaling import Journal, open_journal
 from modelcache.pulling.listing import RemoteListing
@@ -117,7 +117,7 @@ async def pull(
             )
             raise SourceNotFoundError(f"{uri} has no files{filtered}: nothing to pull")
         check_listing(uri, listing.files, max_files=settings.max_files)
-        with exclusive_lock(paths):
+        with _local_disk_errors(paths.dest), exclusive_lock(paths):
             await asyncio.to_thread(recover_publish, paths)
             if await _already_published(paths, listing, verify_digests):
                 return PullResult(
@@ -358,6 +358,15 @@ def _close_all(transfers: list[FileTransfer]) -> None:
         if t.fd >= 0:
             os.close(t.fd)
             t.fd = -1
+
+
+@contextlib.contextmanager
+def _local_disk_errors(dest: Path) -> Iterator[None]:
+    """Network errors are already ours by here; an OSError left is the local disk's."""
+    try:
+        yield
+    except OSError as e:
+        raise disk_error(dest, e) from e
 
 
 @contextlib.contextmanager

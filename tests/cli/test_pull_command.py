@@ -155,3 +155,36 @@ def test_progress_bar_on_a_terminal() -> None:
     display(PullProgress("a.bin", 100, 100, 100, 100))
     display.close()
     assert "100/100" in stream.getvalue()
+
+
+async def test_sigterm_stops_quickly_with_130_and_leaves_a_resumable_partial(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    hub.origin.per_connection_rate = 1 << 20
+    dest = tmp_path / "model"
+    journal = tmp_path / ".model.partial" / "journal"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "modelcache",
+        "pull",
+        URI,
+        str(dest),
+        "--chunk-size",
+        "256Ki",
+        "--min-free",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "HF_ENDPOINT": hub.url},
+    )
+    async with asyncio.timeout(30):
+        while len(read_records(journal)) < 4:
+            await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(5):
+        _, err = await proc.communicate()
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err.decode()
+    assert not dest.exists()
+    assert read_records(journal)

@@ -15,6 +15,7 @@ from modelcache.contract.errors import (
     DestinationConflictError,
     InsufficientDiskError,
     IntegrityError,
+    PermanentError,
     SourceNotFoundError,
     UnsafeListingError,
 )
@@ -259,3 +260,54 @@ async def test_single_https_file(hub: HubFixture, tmp_path: Path) -> None:
             settings=FAST,
             credentials=hub.credentials,
         )
+
+
+async def test_bandwidth_cap_holds_the_whole_pull_to_the_rate(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    rate = 1 << 20
+    settings = dataclasses.replace(
+        FAST, max_bandwidth=rate, include=("model-00002-of-00002.safetensors",)
+    )
+    started = time.monotonic()
+    await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
+    elapsed = time.monotonic() - started
+    # 2 MiB at 1 MiB/s, less the one-second burst the token bucket starts with.
+    assert elapsed >= 0.9
+    assert tree_of(tmp_path / "m") == {
+        "model-00002-of-00002.safetensors": hub.expected_bytes("model-00002-of-00002.safetensors")
+    }
+
+
+async def test_hub_is_asked_once_per_lfs_file_not_once_per_chunk(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    await pull(URI, tmp_path / "m", settings=FAST, credentials=hub.credentials)
+    chunks = hub.origin.stats.requests["cdn"]
+    lfs_files = sum(1 for f in hub.repo.files if f.is_lfs)
+    assert chunks > 10
+    # Each worker may race to the Hub before the first redirect is remembered.
+    assert hub.origin.stats.requests["resolve"] <= lfs_files * FAST.concurrency + 3
+
+
+async def test_verify_rehashes_and_repairs_same_size_corruption(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    dest = tmp_path / "m"
+    await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    target = dest / "model-00001-of-00002.safetensors"
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    quick = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
+    assert quick.up_to_date  # sizes alone cannot see it
+    full = await pull(URI, dest, settings=FAST, credentials=hub.credentials, verify_digests=True)
+    assert not full.up_to_date
+    assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_unwritable_destination_is_a_clear_error(hub: HubFixture, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(PermanentError, match=r"cannot write .*not-a-folder"):
+        await pull(URI, blocker / "m", settings=FAST, credentials=hub.credentials)
