@@ -120,28 +120,25 @@ async def pull(
         with _local_disk_errors(paths.dest), exclusive_lock(paths):
             await asyncio.to_thread(recover_publish, paths)
             if await _already_published(paths, listing, verify_digests):
-                return PullResult(
-                    paths.dest,
-                    uri,
-                    listing.revision,
-                    len(listing.files),
-                    listing.total_bytes,
-                    0,
-                    time.monotonic() - started,
-                    up_to_date=True,
-                )
+                return _result(paths, listing, fetched=0, started=started, up_to_date=True)
             await asyncio.to_thread(_refuse_foreign_destination, paths)
             run = _PullRun(listing, paths, settings, session, progress)
             fetched = await run.execute()
+    return _result(paths, listing, fetched=fetched, started=started, up_to_date=False)
+
+
+def _result(
+    paths: StagingPaths, listing: RemoteListing, *, fetched: int, started: float, up_to_date: bool
+) -> PullResult:
     return PullResult(
-        paths.dest,
-        uri,
-        listing.revision,
-        len(listing.files),
-        listing.total_bytes,
-        fetched,
-        time.monotonic() - started,
-        up_to_date=False,
+        dest=paths.dest,
+        source=listing.source,
+        revision=listing.revision,
+        files=len(listing.files),
+        total_bytes=listing.total_bytes,
+        fetched_bytes=fetched,
+        seconds=time.monotonic() - started,
+        up_to_date=up_to_date,
     )
 
 

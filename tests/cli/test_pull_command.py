@@ -84,13 +84,12 @@ async def test_settings_come_from_modelcache_env_when_no_flag(
     assert "nonsense" in err
 
 
-async def test_kill_9_mid_pull_then_rerun_resumes_and_refetches_only_in_flight_chunks(
-    hub: HubFixture, tmp_path: Path
-) -> None:
-    chunk, concurrency = 256 * 1024, 4
-    hub.origin.per_connection_rate = 1 << 20  # slow enough to be caught mid-transfer
-    dest = tmp_path / "model"
-    journal = tmp_path / ".model.partial" / "journal"
+async def start_throttled_pull(
+    hub: HubFixture, dest: Path, *, concurrency: int, journalled: int
+) -> asyncio.subprocess.Process:
+    """A CLI pull slowed to 1 MiB/s per connection, returned once `journalled` chunks are done."""
+    hub.origin.per_connection_rate = 1 << 20
+    journal = dest.parent / f".{dest.name}.partial" / "journal"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -104,22 +103,31 @@ async def test_kill_9_mid_pull_then_rerun_resumes_and_refetches_only_in_flight_c
         str(concurrency),
         "--min-free",
         "0",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "HF_ENDPOINT": hub.url},
     )
     async with asyncio.timeout(30):
-        while len(read_records(journal)) < 8:
+        while len(read_records(journal)) < journalled:
             await asyncio.sleep(0.05)
+    return proc
+
+
+async def test_kill_9_mid_pull_then_rerun_resumes_and_refetches_only_in_flight_chunks(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    chunk, concurrency = 256 * 1024, 4
+    dest = tmp_path / "model"
+    proc = await start_throttled_pull(hub, dest, concurrency=concurrency, journalled=8)
     proc.send_signal(signal.SIGKILL)
-    await proc.wait()
+    await proc.communicate()
     assert not dest.exists()
     sent_before_kill = hub.data_bytes_sent()
 
     # What the journal vouches for, computed from the same plan the engine uses.
     paths = sorted(REPO_FILES)
     plan = plan_chunks([REPO_FILES[p] for p in paths], chunk)
-    finished = read_records(journal)
+    finished = read_records(tmp_path / ".model.partial" / "journal")
     journaled = sum(plan[f][c].length for f, c in finished)
     total = sum(REPO_FILES.values())
     assert 0 < journaled < total
@@ -135,6 +143,20 @@ async def test_kill_9_mid_pull_then_rerun_resumes_and_refetches_only_in_flight_c
     assert tree_of(dest) == tree_of(hub.source_dir)
     assert hub.data_bytes_sent() == total - journaled
     assert "resumed" in out
+
+
+async def test_sigterm_stops_quickly_with_130_and_leaves_a_resumable_partial(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    dest = tmp_path / "model"
+    proc = await start_throttled_pull(hub, dest, concurrency=4, journalled=4)
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(5):
+        _, err = await proc.communicate()
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err.decode()
+    assert not dest.exists()
+    assert read_records(tmp_path / ".model.partial" / "journal")
 
 
 def test_plain_progress_lines_when_not_a_terminal() -> None:
@@ -155,36 +177,3 @@ def test_progress_bar_on_a_terminal() -> None:
     display(PullProgress("a.bin", 100, 100, 100, 100))
     display.close()
     assert "100/100" in stream.getvalue()
-
-
-async def test_sigterm_stops_quickly_with_130_and_leaves_a_resumable_partial(
-    hub: HubFixture, tmp_path: Path
-) -> None:
-    hub.origin.per_connection_rate = 1 << 20
-    dest = tmp_path / "model"
-    journal = tmp_path / ".model.partial" / "journal"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelcache",
-        "pull",
-        URI,
-        str(dest),
-        "--chunk-size",
-        "256Ki",
-        "--min-free",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HF_ENDPOINT": hub.url},
-    )
-    async with asyncio.timeout(30):
-        while len(read_records(journal)) < 4:
-            await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(5):
-        _, err = await proc.communicate()
-    assert proc.returncode == 130
-    assert "run the same command again to resume" in err.decode()
-    assert not dest.exists()
-    assert read_records(journal)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 
 from modelcache.origin.faults import FaultKind, Faults
 from modelcache.origin.repos import load_file
-from modelcache.origin.server import Origin, start_origin
+from modelcache.origin.server import Origin
 from modelcache.origin.synthetic import write_synthetic_repo
 
 SIZE = (2 << 20) + 77
@@ -30,21 +29,6 @@ async def origin(data: Path) -> Origin:
     for name in ("a.bin", "b.bin"):
         origin.plain_files[name] = await asyncio.to_thread(load_file, name, data / name)
     return origin
-
-
-@pytest.fixture
-async def url(origin: Origin) -> AsyncIterator[str]:
-    runner, base = await start_origin(origin)
-    try:
-        yield base
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def get(

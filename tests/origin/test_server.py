@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +19,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from modelcache.origin.repos import ServedRepo, git_blob_sha1, load_file, load_repo
-from modelcache.origin.server import Origin, start_origin
+from modelcache.origin.server import Origin
 from modelcache.origin.synthetic import write_synthetic_repo
 
 BIG = "weights/model-00001.safetensors"
@@ -52,21 +51,6 @@ async def origin(repo_dir: Path) -> Origin:
     origin.add_repo(gated)
     origin.plain_files["big.bin"] = plain
     return origin
-
-
-@pytest.fixture
-async def url(origin: Origin) -> AsyncIterator[str]:
-    runner, base = await start_origin(origin)
-    try:
-        yield base
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def repo_of(origin: Origin, repo_id: str = "acme/tiny") -> ServedRepo:
