@@ -182,7 +182,7 @@ async def _send_body(
                 await asyncio.sleep(ahead)
 
 
-_PACED_SENDFILE_BLOCK = 256 * 1024
+_PACED_SENDFILE_BLOCK = 1 << 20
 
 
 async def _send_file(

@@ -42,7 +42,7 @@ class PullSettings:
     """Seconds without a single body byte before a request counts as stalled."""
     write_block: int = 2 * MiB
     """Body bytes gathered before one positional write; bounds memory per connection."""
-    write_threads: int = 2
+    write_threads: int = 1
     """Threads doing positional writes for the whole pull."""
 
     def __post_init__(self) -> None:
