@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from tenacity import (
 
 from modelcache.contract.errors import TemporaryError
 from modelcache.pulling.capacity import disk_error
+from modelcache.pulling.directio import write_at
 from modelcache.pulling.httperrors import error_for_status
 from modelcache.pulling.journaling import Journal
 from modelcache.pulling.planning import Chunk
@@ -206,14 +206,7 @@ class ChunkFetcher:
         self, transfer: FileTransfer, pieces: list[bytes], offset: int, finished: list[int]
     ) -> None:
         """Runs on an I/O thread: the bytes first, then their journal records."""
-        while pieces:
-            written = os.pwritev(transfer.fd, pieces, offset)
-            offset += written
-            while pieces and written >= len(pieces[0]):
-                written -= len(pieces[0])
-                pieces = pieces[1:]
-            if written:
-                pieces = [pieces[0][written:], *pieces[1:]]
+        write_at(transfer.fd, transfer.direct_fd, pieces, offset)
         for index in finished:
             self._journal.record(transfer.index, index)
 

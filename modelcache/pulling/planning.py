@@ -46,6 +46,11 @@ def plan_chunks(sizes: Sequence[int], chunk_size: int) -> list[list[Chunk]]:
 
 
 def in_fetch_order(plan: Sequence[Sequence[Chunk]]) -> list[Chunk]:
-    """File after file, each in offset order: files finish (and verify) early, one after another,
-    and each file's writes stay close to sequential."""
-    return [chunk for chunks in plan for chunk in chunks]
+    """Round-robin over files, each in offset order: chunk 0 of every file, then chunk 1, ...
+
+    Every file then has a few chunks in flight and a frontier that advances all along, so its
+    trailing hasher keeps up; in file-after-file order all workers would sit on one file's
+    chunks, finish them together, and leave that file's whole window to hash at the end
+    (measured: the tail after the last byte halves).
+    """
+    return [c for wave in itertools.zip_longest(*plan) for c in wave if c is not None]

@@ -25,6 +25,7 @@ from modelcache.contract.errors import (
 from modelcache.contract.quantities import format_bytes
 from modelcache.contract.uris import ModelSource, parse_source_uri
 from modelcache.pulling.capacity import disk_error, ensure_free_space
+from modelcache.pulling.directio import ALIGN, open_direct
 from modelcache.pulling.fetching import ChunkFetcher
 from modelcache.pulling.journaling import Journal, open_journal
 from modelcache.pulling.listing import RemoteListing
@@ -209,7 +210,7 @@ class _PullRun:
                 self._settings.min_free_bytes,
                 what=f"pulling {listing.source} ({format_bytes(listing.total_bytes)})",
             )
-            await self._in_thread(_open_and_preallocate, transfers)
+            await self._in_thread(_open_and_preallocate, transfers, self._settings.direct_io)
             self._done_bytes = sum(t.bytes_written for t in transfers)
             await self._transfer_all(transfers, journal)
             await self._in_thread(self._publish)
@@ -277,7 +278,9 @@ class _PullRun:
                 if hasher is not None:
                     frontier = transfer.contiguous_end()
                     if frontier > hasher.offset:
-                        await self._in_thread(hasher.advance_to, transfer.fd, frontier)
+                        await self._in_thread(
+                            hasher.advance_to, transfer.fd, frontier, transfer.direct_fd
+                        )
                 if transfer.complete and (hasher is None or hasher.offset == transfer.size):
                     break
             size = (await self._in_thread(os.fstat, transfer.fd)).st_size
@@ -338,7 +341,7 @@ def _unallocated_bytes(transfers: list[FileTransfer]) -> int:
     return needed
 
 
-def _open_and_preallocate(transfers: list[FileTransfer]) -> None:
+def _open_and_preallocate(transfers: list[FileTransfer], direct_io: bool) -> None:
     for t in transfers:
         t.path.parent.mkdir(parents=True, exist_ok=True)
         t.fd = os.open(t.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -348,13 +351,16 @@ def _open_and_preallocate(transfers: list[FileTransfer]) -> None:
             # Reserve the blocks now: a full disk fails here, not halfway through the pull, and
             # the file is laid out contiguously however the chunks arrive.
             os.posix_fallocate(t.fd, 0, t.size)
+        if direct_io and t.size >= ALIGN:
+            t.direct_fd = open_direct(t.path)
 
 
 def _close_all(transfers: list[FileTransfer]) -> None:
     for t in transfers:
-        if t.fd >= 0:
-            os.close(t.fd)
-            t.fd = -1
+        for fd in (t.fd, t.direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        t.fd = t.direct_fd = -1
 
 
 @contextlib.contextmanager

@@ -42,6 +42,8 @@ class PullSettings:
     """Seconds without a single body byte before a request counts as stalled."""
     write_block: int = 2 * MiB
     """Body bytes gathered before one positional write; bounds memory per connection."""
+    direct_io: bool = True
+    """Write (and read back for hashing) with O_DIRECT where the filesystem allows it."""
     write_threads: int = 1
     """Threads doing positional writes for the whole pull."""
 

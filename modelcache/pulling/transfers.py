@@ -24,6 +24,8 @@ class FileTransfer:
         self.chunks = chunks
         self.done = [(index, c.index) in finished for c in chunks]
         self.fd = -1
+        self.direct_fd = -1
+        """The same file opened with O_DIRECT, or -1 (see `directio`)."""
         self.streaming = False
         """True once a worker streams the whole file because the server ignored Range."""
         self.changed = asyncio.Event()

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from modelcache.pulling.directio import read_at
 from modelcache.pulling.listing import Digest
 from modelcache.pulling.manifests import Manifest
 
-READ_BLOCK = 1 << 20
+READ_BLOCK = 4 << 20
 
 
 class _Hash(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
@@ -46,9 +47,9 @@ class TrailingHasher:
         self._hash = new_hash(digest, size)
         self.offset = 0
 
-    def advance_to(self, fd: int, end: int) -> None:
+    def advance_to(self, fd: int, end: int, direct_fd: int = -1) -> None:
         while self.offset < end:
-            block = os.pread(fd, min(READ_BLOCK, end - self.offset), self.offset)
+            block = read_at(fd, direct_fd, self.offset, min(READ_BLOCK, end - self.offset))
             if not block:
                 raise OSError(f"unexpected end of staged file at offset {self.offset}")
             self._hash.update(block)

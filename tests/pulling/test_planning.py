@@ -30,7 +30,7 @@ def test_chunks_tile_every_file_exactly(file_sizes: list[int], chunk_size: int) 
 
 
 @given(sizes, chunk_sizes)
-def test_no_sliver_chunks_and_fetch_order_is_file_then_offset(
+def test_no_sliver_chunks_and_fetch_order_is_round_robin_over_files(
     file_sizes: list[int], chunk_size: int
 ) -> None:
     plan = plan_chunks(file_sizes, chunk_size)
@@ -38,7 +38,9 @@ def test_no_sliver_chunks_and_fetch_order_is_file_then_offset(
         if len(chunks) > 1:
             assert chunks[-1].length >= chunk_size // 4
     order = in_fetch_order(plan)
-    assert [(c.file_index, c.start) for c in order] == sorted(
-        (c.file_index, c.start) for c in order
-    )
-    assert len(order) == sum(len(c) for c in plan)
+    assert sorted(order, key=lambda c: (c.file_index, c.index)) == [c for f in plan for c in f]
+    # Within a file, offsets ascend; across files, chunk k of every file precedes chunk k + 1.
+    assert [c.index for c in order] == sorted(c.index for c in order)
+    for f in range(len(plan)):
+        mine = [c.start for c in order if c.file_index == f]
+        assert mine == sorted(mine)
