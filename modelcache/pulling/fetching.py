@@ -207,6 +207,9 @@ class ChunkFetcher:
     ) -> None:
         """Runs on an I/O thread: the bytes first, then their journal records."""
         write_at(transfer.fd, transfer.direct_fd, pieces, offset)
+        hasher = transfer.hasher
+        if hasher is not None:
+            hasher.offer(offset, pieces)  # in order: hashed from memory, never read back
         for index in finished:
             self._journal.record(transfer.index, index)
 

@@ -270,7 +270,7 @@ class _PullRun:
         """Hash the file as its prefix fills in; when complete, check, fsync, or fetch again."""
         digest = transfer.remote.digest
         for refetch in range(self._settings.refetches_per_file + 1):
-            hasher = TrailingHasher(digest, transfer.size) if digest else None
+            hasher = transfer.hasher = TrailingHasher(digest, transfer.size) if digest else None
             transfer.changed.set()
             while True:
                 await transfer.changed.wait()

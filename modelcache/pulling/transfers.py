@@ -7,6 +7,7 @@ from pathlib import Path
 
 from modelcache.pulling.listing import RemoteFile
 from modelcache.pulling.planning import Chunk
+from modelcache.pulling.verifying import TrailingHasher
 
 
 class FileTransfer:
@@ -28,6 +29,8 @@ class FileTransfer:
         """The same file opened with O_DIRECT, or -1 (see `directio`)."""
         self.streaming = False
         """True once a worker streams the whole file because the server ignored Range."""
+        self.hasher: TrailingHasher | None = None
+        """This download attempt's hasher; the writer feeds it in-order blocks."""
         self.changed = asyncio.Event()
         """Set whenever a chunk finishes: wakes the file's verifier."""
         self.bytes_written = sum(c.length for c, d in zip(chunks, self.done, strict=True) if d)

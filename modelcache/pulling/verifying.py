@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,22 +40,43 @@ def new_hash(digest: Digest, size: int) -> _Hash:
 class TrailingHasher:
     """Hashes a file from offset 0 up to wherever the download has filled it contiguously.
 
-    `advance_to` blocks (reads and hashes): run it on a thread.
+    Bytes come two ways: the writer `offer`s a block it has just written when the block starts
+    exactly where hashing stands (hashed from memory, no read-back), and the verifier calls
+    `advance_to` to read back whatever was written out of order. Both block: call them on a
+    thread. The writer only ever try-locks, so a read-back never holds up a write.
     """
 
     def __init__(self, digest: Digest, size: int) -> None:
         self.expected = digest
         self._size = size
         self._hash = new_hash(digest, size)
+        self._lock = threading.Lock()
         self.offset = 0
+
+    def offer(self, offset: int, pieces: Sequence[bytes]) -> bool:
+        """Hash `pieces` (written at `offset`) if they continue the hashed prefix."""
+        if offset != self.offset or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if offset != self.offset:
+                return False
+            for piece in pieces:
+                self._hash.update(piece)
+                self.offset += len(piece)
+            return True
+        finally:
+            self._lock.release()
 
     def advance_to(self, fd: int, end: int, direct_fd: int = -1) -> None:
         while self.offset < end:
-            block = read_at(fd, direct_fd, self.offset, min(READ_BLOCK, end - self.offset))
-            if not block:
-                raise OSError(f"unexpected end of staged file at offset {self.offset}")
-            self._hash.update(block)
-            self.offset += len(block)
+            with self._lock:
+                if self.offset >= end:
+                    return
+                block = read_at(fd, direct_fd, self.offset, min(READ_BLOCK, end - self.offset))
+                if not block:
+                    raise OSError(f"unexpected end of staged file at offset {self.offset}")
+                self._hash.update(block)
+                self.offset += len(block)
 
     def matches(self) -> bool:
         return self._hash.hexdigest() == self.expected.hex.lower()
