@@ -106,7 +106,8 @@ class ChunkFetcher:
                 if redirected is None and resp.history:
                     self._redirects[transfer.index] = str(resp.url)
                 if redirected is not None and resp.status in _EXPIRED_REDIRECT_STATUSES:
-                    del self._redirects[transfer.index]
+                    # Several workers can meet the same expired target at once.
+                    self._redirects.pop(transfer.index, None)
                     raise TemporaryError(
                         f"{what}: redirect target answered HTTP {resp.status} (expired?); "
                         "asking the source again",

@@ -19,6 +19,7 @@ from modelcache.contract.errors import (
     SourceNotFoundError,
     UnsafeListingError,
 )
+from modelcache.origin.faults import FaultRule
 from modelcache.pulling import PullProgress, SourceCredentials, pull
 from tests.hub_origin import FAST, REPO_FILES, HubFixture, tree_of
 
@@ -311,3 +312,28 @@ async def test_unwritable_destination_is_a_clear_error(hub: HubFixture, tmp_path
     blocker.write_text("a file where a folder should be")
     with pytest.raises(PermanentError, match=r"cannot write .*not-a-folder"):
         await pull(URI, blocker / "m", settings=FAST, credentials=hub.credentials)
+
+
+async def test_expired_redirect_target_sends_the_worker_back_to_the_hub(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    """Once a CDN URL is remembered, a 403 from it (an expired signature) is not fatal."""
+    rules: list[FaultRule] = []
+
+    def expire_after_first_write(event: PullProgress) -> None:
+        if not rules and event.path == "model-00001-of-00002.safetensors":
+            rules.append(hub.origin.faults.status(403, count=1, path="model-00001"))
+
+    settings = dataclasses.replace(FAST, include=("model-00001-of-00002.safetensors",))
+    dest = tmp_path / "m"
+    await pull(
+        URI,
+        dest,
+        settings=settings,
+        credentials=hub.credentials,
+        progress=expire_after_first_write,
+    )
+    assert rules[0].hits == 1
+    assert tree_of(dest) == {
+        "model-00001-of-00002.safetensors": hub.expected_bytes("model-00001-of-00002.safetensors")
+    }
