@@ -31,6 +31,7 @@ from modelcache.pulling.journaling import Journal, open_journal
 from modelcache.pulling.listing import RemoteListing
 from modelcache.pulling.manifests import Manifest, read_manifest, write_manifest
 from modelcache.pulling.planning import Chunk, in_fetch_order, plan_chunks
+from modelcache.pulling.reusing import link_unchanged
 from modelcache.pulling.safety import check_listing
 from modelcache.pulling.settings import PullSettings, SourceCredentials
 from modelcache.pulling.sources import list_source
@@ -123,7 +124,9 @@ async def pull(
             if await _already_published(paths, listing, verify_digests):
                 return _result(paths, listing, fetched=0, started=started, up_to_date=True)
             await asyncio.to_thread(_refuse_foreign_destination, paths)
-            run = _PullRun(listing, paths, settings, session, progress)
+            run = _PullRun(
+                listing, paths, settings, session, progress, trust_published=not verify_digests
+            )
             fetched = await run.execute()
     return _result(paths, listing, fetched=fetched, started=started, up_to_date=False)
 
@@ -175,8 +178,11 @@ class _PullRun:
         settings: PullSettings,
         session: aiohttp.ClientSession,
         progress: ProgressCallback | None,
+        *,
+        trust_published: bool,
     ) -> None:
         self._listing = listing
+        self._trust_published = trust_published
         self._paths = paths
         self._settings = settings
         self._session = session
@@ -203,6 +209,11 @@ class _PullRun:
             for i, f in enumerate(listing.files)
         ]
         try:
+            if self._trust_published:
+                reused = await self._in_thread(link_unchanged, paths, transfers, journal)
+                if reused:
+                    log.info("%s: reusing %s of unchanged files", paths.dest, format_bytes(reused))
+            # Linked and resumed files already hold their blocks: only the rest must fit.
             needed = await self._in_thread(_unallocated_bytes, transfers)
             await ensure_free_space(
                 paths.dest.parent,
@@ -268,7 +279,7 @@ class _PullRun:
         self, transfer: FileTransfer, queue: asyncio.Queue[Chunk | None], journal: Journal
     ) -> None:
         """Hash the file as its prefix fills in; when complete, check, fsync, or fetch again."""
-        digest = transfer.remote.digest
+        digest = None if transfer.reused else transfer.remote.digest
         for refetch in range(self._settings.refetches_per_file + 1):
             hasher = transfer.hasher = TrailingHasher(digest, transfer.size) if digest else None
             transfer.changed.set()

@@ -27,6 +27,8 @@ class FileTransfer:
         self.fd = -1
         self.direct_fd = -1
         """The same file opened with O_DIRECT, or -1 (see `directio`)."""
+        self.reused = False
+        """Linked from the published model (see `reusing`): nothing to fetch, nothing to hash."""
         self.streaming = False
         """True once a worker streams the whole file because the server ignored Range."""
         self.hasher: TrailingHasher | None = None
@@ -54,6 +56,12 @@ class FileTransfer:
         for i in indexes:
             self.done[i] = True
         self.changed.set()
+
+    def mark_reused(self) -> None:
+        """The file is a link to the identical, already verified file of the published model."""
+        self.done = [True] * len(self.chunks)
+        self.bytes_written = self.size
+        self.reused = True
 
     def reset(self) -> None:
         """Forget every chunk: the file failed verification and will be fetched again."""
