@@ -372,3 +372,10 @@ async def test_verify_flag_never_trusts_the_published_copy(hub: HubFixture, tmp_
     await pull(URI, dest, settings=FAST, credentials=hub.credentials, verify_digests=True)
 
     assert tree_of(dest) == tree_of(hub.source_dir)
+
+
+async def test_buffered_writes_when_direct_io_is_off(hub: HubFixture, tmp_path: Path) -> None:
+    """The path taken wherever the filesystem refuses O_DIRECT (direct descriptor -1)."""
+    settings = dataclasses.replace(FAST, direct_io=False)
+    await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
+    assert tree_of(tmp_path / "m") == tree_of(hub.source_dir)
