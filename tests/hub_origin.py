@@ -45,6 +45,12 @@ class HubFixture:
     def expected_bytes(self, path: str) -> bytes:
         return (self.source_dir / path).read_bytes()
 
+    def commit(self, path: str, data: bytes) -> None:
+        """Change one file of the served repo: a new commit sha, a new fingerprint."""
+        (self.source_dir / path).write_bytes(data)
+        self.repo = load_repo(self.repo.repo_id, self.source_dir)
+        self.origin.add_repo(self.repo)
+
     def data_bytes_sent(self) -> int:
         return self.origin.stats.body_bytes_sent
 

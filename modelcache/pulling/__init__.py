@@ -3,7 +3,7 @@
 from modelcache.pulling.manifests import Manifest, read_manifest
 from modelcache.pulling.pulling import ProgressCallback, PullProgress, PullResult, pull
 from modelcache.pulling.settings import PullSettings, SourceCredentials
-from modelcache.pulling.staging import StagingPaths, remove_model
+from modelcache.pulling.staging import StagingPaths
 
 __all__ = [
     "Manifest",
@@ -15,5 +15,4 @@ __all__ = [
     "StagingPaths",
     "pull",
     "read_manifest",
-    "remove_model",
 ]

@@ -131,12 +131,3 @@ def recover_publish(paths: StagingPaths) -> None:
 def remove_staging(paths: StagingPaths) -> None:
     shutil.rmtree(paths.root, ignore_errors=True)
     shutil.rmtree(paths.retired, ignore_errors=True)
-
-
-def remove_model(paths: StagingPaths) -> None:
-    """Delete a model with its staging and manifest: the manifest goes first, so a crash midway
-    leaves a folder without a manifest, which is never taken for a valid model."""
-    paths.manifest.unlink(missing_ok=True)
-    shutil.rmtree(paths.dest, ignore_errors=True)
-    remove_staging(paths)
-    paths.lock.unlink(missing_ok=True)

@@ -20,7 +20,6 @@ from modelcache.contract.errors import (
     UnsafeListingError,
 )
 from modelcache.origin.faults import FaultRule
-from modelcache.origin.repos import load_repo
 from modelcache.pulling import PullProgress, SourceCredentials, pull
 from tests.hub_origin import FAST, REPO_FILES, HubFixture, tree_of
 
@@ -233,10 +232,7 @@ async def test_changed_source_discards_the_old_partial(hub: HubFixture, tmp_path
     staging = tmp_path / ".m.partial"
     assert (staging / "journal").read_text()  # something was kept for a resume
     hub.origin.faults.clear()
-    # New content for one file: a new commit sha, a new fingerprint.
-    changed = hub.source_dir / "config.json"
-    changed.write_bytes(b'{"changed": true}')
-    hub.origin.add_repo(load_repo("acme/tiny-model", hub.source_dir))
+    hub.commit("config.json", b'{"changed": true}')
     result = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
     assert result.fetched_bytes == result.total_bytes
     assert tree_of(dest) == tree_of(hub.source_dir)
@@ -345,13 +341,12 @@ async def test_new_revision_fetches_only_changed_files_and_links_the_rest(
     await pull(URI, dest, settings=FAST, credentials=hub.credentials)
     big = dest / "model-00001-of-00002.safetensors"
     inode_before = big.stat().st_ino
-    (hub.source_dir / "config.json").write_bytes(b'{"changed": true}')
-    hub.origin.add_repo(load_repo("acme/tiny-model", hub.source_dir))
+    hub.commit("config.json", b'{"changed": true}')
     hub.origin.stats.reset()
 
     result = await pull(URI, dest, settings=FAST, credentials=hub.credentials)
 
-    assert result.revision == hub.origin.repos["acme/tiny-model"].commit_sha
+    assert result.revision == hub.repo.commit_sha
     assert result.fetched_bytes == len(b'{"changed": true}')
     assert hub.data_bytes_sent() == result.fetched_bytes
     assert big.stat().st_ino == inode_before  # the very same file, carried over by a link
@@ -366,8 +361,7 @@ async def test_verify_flag_never_trusts_the_published_copy(hub: HubFixture, tmp_
     data = bytearray(target.read_bytes())
     data[0] ^= 0xFF
     target.write_bytes(bytes(data))  # silent corruption, same size
-    (hub.source_dir / "config.json").write_bytes(b'{"changed": 2}')
-    hub.origin.add_repo(load_repo("acme/tiny-model", hub.source_dir))
+    hub.commit("config.json", b'{"changed": 2}')
 
     await pull(URI, dest, settings=FAST, credentials=hub.credentials, verify_digests=True)
 
