@@ -1,0 +1,63 @@
+"""What the coordinator knows about one node: cluster membership, its agent, its latest report."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from modelcache.contract.agent_wire import ModelReport, Registration, StatusReport
+from modelcache.coordinator.placement import DesiredModel
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    name: str
+    # From the cluster (kube store): the node-group label and the Ready condition.
+    in_cluster: bool = False
+    cluster_group: str | None = None
+    cluster_ready: bool = True
+    cluster_not_ready_since: float | None = None
+    # From the agent.
+    registration: Registration | None = None
+    report: StatusReport | None = None
+    applied_generation: int = 0  # the desired generation the agent says it has acted on
+    last_seen: float | None = None  # monotonic time of the last register or report
+    last_report_time: str | None = None  # wall clock, for status
+    # What it must hold; `generation` bumps on every change so long polls return.
+    desired: tuple[DesiredModel, ...] = ()
+    generation: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def group(self) -> str | None:
+        """The agent's explicit group wins (standalone, or `--node-group`), else the node label."""
+        if self.registration is not None and self.registration.node_group:
+            return self.registration.node_group
+        return self.cluster_group
+
+    def set_desired(self, desired: tuple[DesiredModel, ...]) -> bool:
+        if desired == self.desired:
+            return False
+        self.desired = desired
+        self.generation += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return True
+
+    def not_ready_for(self, now: float, heartbeat_timeout: float) -> float | None:
+        """Seconds this node has been NotReady, or None while it is ready."""
+        if self.in_cluster and not self.cluster_ready:
+            return now - (self.cluster_not_ready_since or now)
+        if self.last_seen is None:
+            return float("inf")  # no agent ever registered: it cannot download anything
+        stale_for = now - self.last_seen - heartbeat_timeout
+        return stale_for if stale_for > 0 else None
+
+    def model(self, storage_key: str) -> ModelReport | None:
+        return self.report.models.get(storage_key) if self.report is not None else None
+
+    def desired_keys(self) -> frozenset[str]:
+        return frozenset(m.storage_key for m in self.desired)
+
+    def holds(self, storage_key: str) -> bool:
+        return self.report is not None and storage_key in self.report.models

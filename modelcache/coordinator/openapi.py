@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 description served at ``/openapi.json`` (kept beside the routes it describes)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+
+def _op(summary: str, *, body: str | None = None, ok: str = "200", **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            ok: {"description": "success", "content": {"application/json": {}}},
+            "400": {"$ref": "#/components/responses/Error"},
+            "404": {"$ref": "#/components/responses/Error"},
+            "422": {"$ref": "#/components/responses/Error"},
+        },
+    }
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "description": body,
+            "content": {"application/json": {}, "application/yaml": {}},
+        }
+    op.update(extra)
+    return op
+
+
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+_NODE = [{"name": "node", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _objects(kind: str, *, writable: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {"parameters": _NAME, "get": _op(f"Get one {kind} with live status")}
+    if writable:
+        item["put"] = _op(f"Create or replace a {kind} (JSON or YAML)", body=kind)
+        item["delete"] = _op(
+            f"Delete a {kind} (202 while nodes still remove files)",
+            responses={"202": {"description": "deletion in progress"}},
+        )
+    return item
+
+
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {"title": "modelcache coordinator", "version": "v1"},
+    "paths": {
+        "/v1/localmodelcaches": {"get": _op("List LocalModelCaches")},
+        "/v1/localmodelcaches/{name}": _objects("LocalModelCache", writable=True),
+        "/v1/localmodelnodegroups": {"get": _op("List LocalModelNodeGroups")},
+        "/v1/localmodelnodegroups/{name}": _objects("LocalModelNodeGroup", writable=True),
+        "/v1/localmodelnodes": {"get": _op("List LocalModelNodes")},
+        "/v1/localmodelnodes/{name}": _objects("LocalModelNode", writable=False),
+        "/v1/nodegroups/{group}": {
+            "parameters": [
+                {"name": "group", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": _op("Nodes, capacity, used bytes, models and their states in one node group"),
+        },
+        "/v1/placement": {
+            "get": _op(
+                "Nodes of a group holding a cache's model Downloaded",
+                parameters=[
+                    {
+                        "name": "cache",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "nodegroup", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/v1/agents/{node}/register": {
+            "parameters": _NODE,
+            "post": _op("Agent registration: nodeGroup, address, disk", body="RawRegistration"),
+        },
+        "/v1/agents/{node}/desired": {
+            "parameters": _NODE,
+            "get": _op(
+                "Long poll of the models the node must hold; returns at once when the generation "
+                "differs from the one given",
+                parameters=[
+                    {"name": "generation", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "wait", "in": "query", "schema": {"type": "integer", "maximum": 60}},
+                ],
+            ),
+        },
+        "/v1/agents/{node}/status": {
+            "parameters": _NODE,
+            "post": _op(
+                "Full status report (also the heartbeat)", body="RawStatusReport", ok="204"
+            ),
+        },
+        "/v1/agents/{node}": {"parameters": _NODE, "delete": _op("Forget a node", ok="204")},
+        "/healthz": {"get": _op("Liveness")},
+        "/readyz": {"get": _op("Readiness: objects loaded")},
+        "/metrics": {"get": _op("Prometheus metrics")},
+    },
+    "components": {
+        "responses": {
+            "Error": {
+                "description": "What is wrong and which field",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["error"],
+                            "properties": {
+                                "error": {"type": "string"},
+                                "field": {"type": ["string", "null"]},
+                            },
+                        }
+                    }
+                },
+            }
+        }
+    },
+}

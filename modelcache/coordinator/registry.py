@@ -1,0 +1,326 @@
+"""The coordinator's whole state in memory: objects, nodes, placement, and what changed since the
+last status write.
+
+Everything runs on the event loop (no locks). Every mutation re-derives what depends on it and
+records the objects whose status must be rewritten in `dirty`; the status writer drains it at its
+own pace, so a burst of reports costs one write per object per interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelcache.contract.agent_wire import Registration, StatusReport
+from modelcache.contract.objects import (
+    JsonObject,
+    ModelCache,
+    NodeGroup,
+    now_rfc3339,
+    parse_cache,
+    parse_node_group,
+)
+from modelcache.coordinator.nodes import NodeRecord
+from modelcache.coordinator.placement import Placement, place
+from modelcache.coordinator.statuses import (
+    ConditionBook,
+    Timing,
+    cache_status,
+    group_status,
+    local_model_node,
+    node_state,
+)
+
+
+@dataclass(slots=True)
+class Dirty:
+    caches: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+    removed_nodes: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.caches or self.groups or self.nodes or self.removed_nodes)
+
+    def take(self) -> Dirty:
+        taken = Dirty(self.caches, self.groups, self.nodes, self.removed_nodes)
+        self.caches, self.groups, self.nodes, self.removed_nodes = set(), set(), set(), set()
+        return taken
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionProgress:
+    done: bool
+    waiting_for: tuple[str, ...]
+    given_up_on: tuple[str, ...]
+
+
+class Registry:
+    def __init__(
+        self,
+        *,
+        heartbeat_timeout: float,
+        not_ready_deletion_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self.not_ready_deletion_timeout = not_ready_deletion_timeout
+        self._clock = clock
+        self.cache_objects: dict[str, JsonObject] = {}
+        self.caches: dict[str, ModelCache] = {}
+        self.group_objects: dict[str, JsonObject] = {}
+        self.groups: dict[str, NodeGroup] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.placement = place((), {})
+        self.dirty = Dirty()
+        self.conditions = ConditionBook()
+        self._members: dict[str, set[str]] = defaultdict(set)  # group -> node names
+        self._ready: dict[str, bool] = {}
+        self.reports_received = 0
+
+    # --- desired objects ------------------------------------------------------------------------
+
+    def upsert_cache(self, raw: JsonObject) -> ModelCache:
+        cache = parse_cache(raw)
+        self.cache_objects[cache.name] = raw
+        self.caches[cache.name] = cache
+        self.dirty.caches.add(cache.name)
+        self._replace()
+        return cache
+
+    def remove_cache(self, name: str) -> None:
+        if self.caches.pop(name, None) is not None:
+            del self.cache_objects[name]
+            self.conditions.forget(name)
+            self._replace()
+
+    def upsert_group(self, raw: JsonObject) -> NodeGroup:
+        group = parse_node_group(raw)
+        self.group_objects[group.name] = raw
+        self.groups[group.name] = group
+        self.dirty.groups.add(group.name)
+        self._replace()
+        return group
+
+    def remove_group(self, name: str) -> None:
+        if self.groups.pop(name, None) is not None:
+            del self.group_objects[name]
+            self._replace()
+
+    # --- nodes ----------------------------------------------------------------------------------
+
+    def upsert_cluster_node(self, name: str, group: str | None, ready: bool) -> None:
+        record = self.nodes.get(name) or self._new_node(name)
+        record.in_cluster, record.cluster_group = True, group
+        if record.cluster_ready and not ready:
+            record.cluster_not_ready_since = self._clock()
+        record.cluster_ready = ready
+        self._node_moved(record)
+
+    def remove_cluster_node(self, name: str) -> None:
+        self.forget_node(name)
+
+    def register(self, name: str, registration: Registration) -> NodeRecord:
+        record = self.nodes.get(name) or self._new_node(name)
+        record.registration = registration
+        record.last_seen = self._clock()
+        self._node_moved(record)
+        return record
+
+    def report(self, name: str, report: StatusReport, applied_generation: int) -> NodeRecord:
+        record = self.nodes[name]
+        previous = record.report
+        record.report = report
+        record.applied_generation = applied_generation
+        record.last_seen = self._clock()
+        record.last_report_time = now_rfc3339()
+        self.reports_received += 1
+        if previous != report:
+            self.dirty.nodes.add(name)
+            keys = set(report.models) | (set(previous.models) if previous else set())
+            self._mark_caches_with_keys(keys)
+        if not self._ready.get(name, False):
+            self._readiness_changed(record, ready=True)
+        return record
+
+    def forget_node(self, name: str) -> None:
+        record = self.nodes.pop(name, None)
+        if record is None:
+            return
+        for members in self._members.values():
+            members.discard(name)
+        self._ready.pop(name, None)
+        record.changed.set()
+        self.dirty.nodes.discard(name)
+        self.dirty.removed_nodes.add(name)
+        self.dirty.caches.update(self.caches)
+        self.dirty.groups.update(self.groups)
+
+    def _new_node(self, name: str) -> NodeRecord:
+        record = NodeRecord(name)
+        self.nodes[name] = record
+        return record
+
+    def _node_moved(self, record: NodeRecord) -> None:
+        group = record.group
+        for member_of, members in self._members.items():
+            if member_of != group and record.name in members:
+                members.discard(record.name)
+                self.dirty.groups.add(member_of)
+        if group is not None and record.name not in self._members[group]:
+            self._members[group].add(record.name)
+            self.dirty.groups.add(group)
+        self._assign(record)
+        self.dirty.nodes.add(record.name)
+        self.dirty.caches.update(self.caches)
+
+    # --- derived state --------------------------------------------------------------------------
+
+    def _replace(self) -> None:
+        self.placement = place(self.caches.values(), self.groups)
+        for record in self.nodes.values():
+            self._assign(record)
+        self.dirty.caches.update(self.caches)
+        self.dirty.groups.update(self.groups)
+
+    def _assign(self, record: NodeRecord) -> None:
+        if record.set_desired(self.placement.desired_for_group(record.group)):
+            self.dirty.nodes.add(record.name)
+
+    def _mark_caches_with_keys(self, keys: set[str]) -> None:
+        for cache in self.caches.values():
+            if cache.storage_key in keys:
+                self.dirty.caches.add(cache.name)
+
+    def _readiness_changed(self, record: NodeRecord, *, ready: bool) -> None:
+        self._ready[record.name] = ready
+        self.dirty.nodes.add(record.name)
+        keys = record.desired_keys() | (set(record.report.models) if record.report else set())
+        self._mark_caches_with_keys(set(keys))
+
+    def sweep_readiness(self) -> None:
+        """Notice nodes whose heartbeats stopped (or resumed); called periodically."""
+        now = self._clock()
+        for record in self.nodes.values():
+            ready = record.not_ready_for(now, self.heartbeat_timeout) is None
+            if self._ready.get(record.name) != ready:
+                self._readiness_changed(record, ready=ready)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def timing(self) -> Timing:
+        return Timing(self._clock(), self.heartbeat_timeout)
+
+    def members(self, group: str) -> list[NodeRecord]:
+        return [self.nodes[n] for n in sorted(self._members.get(group, ()))]
+
+    def holders(self, cache: ModelCache) -> list[NodeRecord]:
+        """Nodes that still report this cache's files though it is not placed on their group."""
+        admitted = set(self.placement.admitted_groups(cache.name))
+        return [
+            r for r in self.nodes.values() if r.holds(cache.storage_key) and r.group not in admitted
+        ]
+
+    def cache_with_status(self, name: str) -> JsonObject:
+        cache = self.caches[name]
+        stored = self.cache_objects[name]
+        previous = stored.get("status") or {}
+        nodes_by_group = {g: self.members(g) for g in cache.node_groups}
+        status = cache_status(
+            cache,
+            self.placement,
+            nodes_by_group,
+            self.holders(cache),
+            self.timing(),
+            self.conditions,
+            list(previous.get("inferenceServices") or []),
+        )
+        return {**stored, "status": status}
+
+    def group_with_status(self, name: str) -> JsonObject:
+        group = self.groups[name]
+        status = group_status(group, self.placement, self.members(name))
+        return {**self.group_objects[name], "status": status}
+
+    def node_object(self, name: str) -> JsonObject:
+        wanted_by = {c.storage_key: c.name for c in self.caches.values()}
+        return local_model_node(self.nodes[name], self.timing(), wanted_by)
+
+    def deletion_progress(self, cache: ModelCache) -> DeletionProgress:
+        """A deleted cache may lose its finalizer once no node still holds its files for it.
+
+        A node counts as done when its report (after it saw the list without the model) lacks
+        the files, when another cache still wants the same files there, when it is gone, or when
+        it has been NotReady longer than the configured timeout (then the status says so).
+        """
+        now = self._clock()
+        waiting, given_up = [], []
+        for record in self.nodes.values():
+            if not record.holds(cache.storage_key) or cache.storage_key in record.desired_keys():
+                continue
+            not_ready = record.not_ready_for(now, self.heartbeat_timeout)
+            if not_ready is not None and not_ready > self.not_ready_deletion_timeout:
+                given_up.append(record.name)
+            else:
+                waiting.append(record.name)
+        return DeletionProgress(not waiting, tuple(sorted(waiting)), tuple(sorted(given_up)))
+
+    def nodegroup_summary(self, name: str) -> JsonObject:
+        members = self.members(name)
+        group = self.groups.get(name)
+        disk_capacity = sum(r.report.disk.capacity_bytes for r in members if r.report)
+        summary: JsonObject = {
+            "nodeGroup": name,
+            "exists": group is not None,
+            "nodes": [
+                {
+                    "name": r.name,
+                    "ready": r.not_ready_for(self._clock(), self.heartbeat_timeout) is None,
+                    "disk": (
+                        {
+                            "capacityBytes": r.report.disk.capacity_bytes,
+                            "freeBytes": r.report.disk.free_bytes,
+                        }
+                        if r.report
+                        else None
+                    ),
+                }
+                for r in members
+            ],
+            "diskCapacityBytes": disk_capacity,
+        }
+        if group is not None:
+            summary["storageLimit"] = group.storage_limit_text
+            status = group_status(group, self.placement, members)
+            summary.update(used=status["used"], available=status["available"])
+        models: list[Mapping[str, Any]] = []
+        for desired in self.placement.models_by_group.get(name, ()):
+            states = {r.name: self.node_object_state(r, desired.storage_key) for r in members}
+            models.append(
+                {
+                    "caches": list(desired.caches),
+                    "storageKey": desired.storage_key,
+                    "sourceModelUri": desired.source_model_uri,
+                    "nodeStatus": states,
+                }
+            )
+        summary["models"] = models
+        return summary
+
+    def node_object_state(self, record: NodeRecord, storage_key: str) -> str:
+        return node_state(record, storage_key, self.timing())
+
+    def placement_of(self, cache_name: str, group: str) -> list[str]:
+        cache = self.caches[cache_name]
+        return [
+            r.name
+            for r in self.members(group)
+            if group in self.placement.admitted_groups(cache_name)
+            and self.node_object_state(r, cache.storage_key) == "NodeDownloaded"
+        ]
+
+
+__all__ = ["DeletionProgress", "Dirty", "Placement", "Registry"]

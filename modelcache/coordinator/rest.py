@@ -1,0 +1,312 @@
+"""The coordinator's REST API (aiohttp): objects in Kubernetes shape, queries, and the agent calls.
+
+Bad input never yields a 500: malformed bodies answer 400, invalid objects 422, both with
+``{"error": ..., "field": ...}`` naming what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelcache.contract.agent_wire import RawDesired, parse_registration, parse_status_report
+from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
+from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
+from modelcache.coordinator.openapi import OPENAPI
+from modelcache.coordinator.service import Coordinator
+from modelcache.coordinator.stores.base import ObjectConflictError, ObjectNotFoundError
+
+log = logging.getLogger(__name__)
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    coordinator = request.app[COORDINATOR]
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    except FieldError as e:
+        return _error(422, e.reason, e.field)
+    except UsageError as e:
+        return _error(422, str(e))
+    except ObjectNotFoundError as e:
+        return _error(404, str(e))
+    except ObjectConflictError as e:
+        return _error(409, str(e))
+    except TemporaryError as e:
+        response = _error(503, str(e))
+        if e.retry_after:
+            response.headers["Retry-After"] = str(int(e.retry_after))
+        return response
+    except ModelCacheError as e:
+        return _error(400, str(e))
+    finally:
+        coordinator.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+async def _body(request: web.Request) -> Any:
+    text = await request.text()
+    if not text.strip():
+        raise UsageError("the request body is empty: send a JSON or YAML object")
+    try:
+        if "yaml" in request.content_type:
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"the request body is not valid {_format(request)}: {e}") from e
+
+
+def _format(request: web.Request) -> str:
+    return "YAML" if "yaml" in request.content_type else "JSON (send YAML as application/yaml)"
+
+
+def _list(kind: str, items: list[JsonObject]) -> web.Response:
+    return web.json_response(
+        {"apiVersion": API_VERSION, "kind": f"{kind}List", "metadata": {}, "items": items}
+    )
+
+
+# --- LocalModelCache / LocalModelNodeGroup / LocalModelNode ------------------------------------
+
+
+async def list_caches(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    return _list(
+        "LocalModelCache", [registry.cache_with_status(n) for n in sorted(registry.caches)]
+    )
+
+
+async def get_cache(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    name = request.match_info["name"]
+    if name not in registry.caches:
+        raise ObjectNotFoundError(f"LocalModelCache {name} does not exist")
+    return web.json_response(registry.cache_with_status(name))
+
+
+async def put_cache(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    name = request.match_info["name"]
+    created = name not in coordinator.registry.caches
+    stored = await coordinator.apply_cache(name, await _body(request))
+    return web.json_response(stored, status=201 if created else 200)
+
+
+async def delete_cache(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    name = request.match_info["name"]
+    await coordinator.delete_cache(name)
+    registry = coordinator.registry
+    if name in registry.caches:  # waiting for nodes to remove the files
+        return web.json_response(registry.cache_with_status(name), status=202)
+    return web.json_response({"kind": "Status", "status": "Success", "name": name})
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    items = [registry.group_with_status(n) for n in sorted(registry.groups)]
+    return _list("LocalModelNodeGroup", items)
+
+
+async def get_group(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    name = request.match_info["name"]
+    if name not in registry.groups:
+        raise ObjectNotFoundError(f"LocalModelNodeGroup {name} does not exist")
+    return web.json_response(registry.group_with_status(name))
+
+
+async def put_group(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    name = request.match_info["name"]
+    created = name not in coordinator.registry.groups
+    stored = await coordinator.apply_group(name, await _body(request))
+    return web.json_response(stored, status=201 if created else 200)
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await request.app[COORDINATOR].delete_group(name)
+    return web.json_response({"kind": "Status", "status": "Success", "name": name})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    return _list("LocalModelNode", [registry.node_object(n) for n in sorted(registry.nodes)])
+
+
+async def get_node(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    name = request.match_info["name"]
+    if name not in registry.nodes:
+        raise ObjectNotFoundError(f"LocalModelNode {name} does not exist")
+    return web.json_response(registry.node_object(name))
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+async def get_nodegroup_summary(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    group = request.match_info["group"]
+    if group not in registry.groups and not registry.members(group):
+        raise ObjectNotFoundError(f"node group {group} has neither a LocalModelNodeGroup nor nodes")
+    return web.json_response(registry.nodegroup_summary(group))
+
+
+async def get_placement(request: web.Request) -> web.Response:
+    registry = request.app[COORDINATOR].registry
+    cache, group = request.query.get("cache"), request.query.get("nodegroup")
+    if not cache:
+        raise FieldError("cache", "is required: /v1/placement?cache=NAME&nodegroup=GROUP")
+    if cache not in registry.caches:
+        raise ObjectNotFoundError(f"LocalModelCache {cache} does not exist")
+    groups = registry.caches[cache].node_groups
+    group = group or groups[0]  # KServe: no group given means the cache's first group
+    if group not in groups:
+        raise FieldError("nodegroup", f"{group} is not one of {cache}'s node groups {list(groups)}")
+    nodes = registry.placement_of(cache, group)
+    return web.json_response({"cache": cache, "nodeGroup": group, "nodes": nodes})
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+async def register_agent(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    node = request.match_info["node"]
+    record = coordinator.register(node, parse_registration(await _body(request)))
+    return web.json_response(
+        {
+            "node": node,
+            "nodeGroup": record.group,
+            "heartbeatSeconds": coordinator.settings.heartbeat_interval,
+        }
+    )
+
+
+async def desired_models(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    node = request.match_info["node"]
+    record = coordinator.registry.nodes.get(node)
+    if record is None or record.registration is None:
+        raise ObjectNotFoundError(f"node {node} has not registered: POST its registration first")
+    seen = _int_query(request, "generation", -1)
+    wait = min(float(_int_query(request, "wait", 0)), coordinator.settings.long_poll_max)
+    if seen == record.generation and wait > 0:
+        changed = record.changed
+        try:
+            async with asyncio.timeout(wait):
+                await changed.wait()
+        except TimeoutError:
+            pass
+        record = coordinator.registry.nodes.get(node)
+        if record is None:
+            raise ObjectNotFoundError(f"node {node} was removed")
+    desired: RawDesired = {
+        "generation": record.generation,
+        "nodeGroup": record.group,
+        "models": [
+            {
+                "storageKey": m.storage_key,
+                "sourceModelUri": m.source_model_uri,
+                "modelSizeBytes": m.model_size,
+                "caches": list(m.caches),
+                "nodeGroup": m.node_group,
+            }
+            for m in record.desired
+        ],
+    }
+    return web.json_response(desired)
+
+
+def _int_query(request: web.Request, key: str, default: int) -> int:
+    value = request.query.get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as e:
+        raise FieldError(key, f"{value!r} is not an integer") from e
+
+
+async def report_status(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    body = await _body(request)
+    report = parse_status_report(body)
+    generation = body.get("generation", 0) if isinstance(body, dict) else 0
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise FieldError("generation", "must be the integer generation of the applied list")
+    coordinator.report(request.match_info["node"], report, generation)
+    return web.Response(status=204)
+
+
+async def forget_agent(request: web.Request) -> web.Response:
+    request.app[COORDINATOR].forget_node(request.match_info["node"])
+    return web.Response(status=204)
+
+
+# --- service endpoints ---------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[COORDINATOR].ready.is_set():
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[COORDINATOR].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def build_app(coordinator: Coordinator) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=4 << 20)
+    app[COORDINATOR] = coordinator
+    r = app.router
+    r.add_get("/v1/localmodelcaches", list_caches)
+    r.add_get("/v1/localmodelcaches/{name}", get_cache)
+    r.add_put("/v1/localmodelcaches/{name}", put_cache)
+    r.add_delete("/v1/localmodelcaches/{name}", delete_cache)
+    r.add_get("/v1/localmodelnodegroups", list_groups)
+    r.add_get("/v1/localmodelnodegroups/{name}", get_group)
+    r.add_put("/v1/localmodelnodegroups/{name}", put_group)
+    r.add_delete("/v1/localmodelnodegroups/{name}", delete_group)
+    r.add_get("/v1/localmodelnodes", list_nodes)
+    r.add_get("/v1/localmodelnodes/{name}", get_node)
+    r.add_get("/v1/nodegroups/{group}", get_nodegroup_summary)
+    r.add_get("/v1/placement", get_placement)
+    r.add_post("/v1/agents/{node}/register", register_agent)
+    r.add_get("/v1/agents/{node}/desired", desired_models)
+    r.add_post("/v1/agents/{node}/status", report_status)
+    r.add_delete("/v1/agents/{node}", forget_agent)
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,212 @@
+"""The coordinator's operations, and the loop that writes statuses and finishes deletions.
+
+REST handlers call these methods; the store persists; the registry decides. The reconcile loop
+ticks every `status_interval`: it notices missed heartbeats, drops finalizers of deleted caches
+whose files are gone everywhere, and writes each changed status once (coalescing bursts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from modelcache.contract.agent_wire import Registration, StatusReport
+from modelcache.contract.errors import TemporaryError
+from modelcache.contract.objects import (
+    FieldError,
+    JsonObject,
+    normalize_cache,
+    normalize_node_group,
+)
+from modelcache.coordinator.metrics import CoordinatorMetrics
+from modelcache.coordinator.nodes import NodeRecord
+from modelcache.coordinator.registry import Registry
+from modelcache.coordinator.settings import CoordinatorSettings
+from modelcache.coordinator.stores.base import ObjectNotFoundError, StatusBatch, Store
+from modelcache.coordinator.stores.sqlite_store import agent_record
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        store: Store,
+        registry: Registry,
+        metrics: CoordinatorMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics
+        self.ready = asyncio.Event()
+        self._written: dict[tuple[str, str], Any] = {}  # (kind, name) -> last status written
+        self._releasing: set[str] = set()
+        self._dirty_since: float | None = None
+        self.background: list[asyncio.Task[None]] = []  # supervised by the runtime
+
+    # --- objects (REST PUT/DELETE) --------------------------------------------------------------
+
+    async def apply_cache(self, name: str, raw: Mapping[str, Any]) -> JsonObject:
+        normalized = normalize_cache(_named(raw, name))
+        current = self.registry.caches.get(name)
+        if current is not None and current.source_model_uri != normalized["spec"]["sourceModelUri"]:
+            raise FieldError(
+                "spec.sourceModelUri",
+                f"is immutable (it is {current.source_model_uri!r}): create a new cache instead",
+            )
+        stored = await self.store.put_cache(normalized)
+        self.registry.upsert_cache(stored)
+        return self.registry.cache_with_status(name)
+
+    async def delete_cache(self, name: str) -> None:
+        if name not in self.registry.caches:
+            raise ObjectNotFoundError(f"LocalModelCache {name} does not exist")
+        marked = await self.store.delete_cache(name)
+        if marked is None:
+            self.registry.remove_cache(name)
+        else:
+            self.registry.upsert_cache(marked)
+
+    async def apply_group(self, name: str, raw: Mapping[str, Any]) -> JsonObject:
+        stored = await self.store.put_group(normalize_node_group(_named(raw, name)))
+        self.registry.upsert_group(stored)
+        return self.registry.group_with_status(name)
+
+    async def delete_group(self, name: str) -> None:
+        if name not in self.registry.groups:
+            raise ObjectNotFoundError(f"LocalModelNodeGroup {name} does not exist")
+        await self.store.delete_group(name)
+        self.registry.remove_group(name)
+
+    # --- agents ---------------------------------------------------------------------------------
+
+    def register(self, node: str, registration: Registration) -> NodeRecord:
+        record = self.registry.register(node, registration)
+        self._note_dirty()
+        return record
+
+    def report(self, node: str, report: StatusReport, applied_generation: int) -> None:
+        if node not in self.registry.nodes or self.registry.nodes[node].registration is None:
+            raise ObjectNotFoundError(
+                f"node {node} has not registered: POST its registration first"
+            )
+        self.registry.report(node, report, applied_generation)
+        self.metrics.reports.inc()
+        self._note_dirty()
+
+    def forget_node(self, node: str) -> None:
+        if node not in self.registry.nodes:
+            raise ObjectNotFoundError(f"node {node} is not known")
+        self.registry.forget_node(node)
+        self._note_dirty()
+
+    def _note_dirty(self) -> None:
+        if self._dirty_since is None and self.registry.dirty:
+            self._dirty_since = time.monotonic()
+
+    # --- the reconcile loop ---------------------------------------------------------------------
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.reconcile_once()
+            except TemporaryError as e:
+                log.warning("status write failed, retrying next tick: %s", e)
+                self.metrics.write_failures.inc()
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(self.settings.status_interval - elapsed, 0.01))
+
+    async def reconcile_once(self) -> None:
+        registry = self.registry
+        registry.sweep_readiness()
+        await self._finish_deletions()
+        dirty = registry.dirty.take()
+        dirty_since, self._dirty_since = self._dirty_since, None
+        batch = StatusBatch()
+        for name in dirty.caches & registry.caches.keys():
+            self._stage(batch.caches, "cache", name, registry.cache_with_status(name)["status"])
+        for name in dirty.groups & registry.groups.keys():
+            self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])
+        for name in dirty.nodes & registry.nodes.keys():
+            self._stage(batch.nodes, "node", name, registry.node_object(name))
+            batch.agents[name] = agent_record(registry, name)
+        batch.removed_nodes = dirty.removed_nodes - registry.nodes.keys()
+        for name in batch.removed_nodes:
+            self._written.pop(("node", name), None)
+        if batch:
+            try:
+                await self.store.write(batch)
+            except BaseException:
+                _restore(registry, dirty, self._written, batch)
+                raise
+        if dirty_since is not None:
+            self.metrics.aggregation_lag.set(time.monotonic() - dirty_since)
+        self.metrics.objects.labels("LocalModelCache").set(len(registry.caches))
+        self.metrics.objects.labels("LocalModelNodeGroup").set(len(registry.groups))
+        self.metrics.objects.labels("LocalModelNode").set(len(registry.nodes))
+
+    def _stage(self, into: dict[str, JsonObject], kind: str, name: str, value: JsonObject) -> None:
+        comparable = _without_times(value)
+        if self._written.get((kind, name)) != comparable:
+            self._written[(kind, name)] = comparable
+            into[name] = value
+
+    async def _finish_deletions(self) -> None:
+        for cache in list(self.registry.caches.values()):
+            if not cache.deleting or cache.name in self._releasing:
+                continue
+            progress = self.registry.deletion_progress(cache)
+            if not progress.done:
+                continue
+            if progress.given_up_on:
+                log.warning(
+                    "cache %s deleted without confirmation from NotReady nodes %s",
+                    cache.name,
+                    ", ".join(progress.given_up_on),
+                )
+            self._releasing.add(cache.name)
+            try:
+                await self.store.release_cache(cache.name)
+            finally:
+                self._releasing.discard(cache.name)
+            self.registry.remove_cache(cache.name)
+            self._written.pop(("cache", cache.name), None)
+
+
+def _named(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise FieldError("body", "must be a JSON or YAML object")
+    metadata = raw.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise FieldError("metadata", "must be an object")
+    given = metadata.get("name")
+    if given is not None and given != name:
+        raise FieldError("metadata.name", f"{given!r} differs from the name in the URL ({name!r})")
+    return {**raw, "metadata": {**metadata, "name": name}}
+
+
+def _without_times(value: JsonObject) -> Any:
+    """Heartbeats alone (a new lastReportTime) are not worth a write."""
+    if value.get("kind") == "LocalModelNode":
+        status = {k: v for k, v in value.get("status", {}).items() if k != "lastReportTime"}
+        return {**value, "status": status}
+    return value
+
+
+def _restore(
+    registry: Registry, dirty: Any, written: dict[tuple[str, str], Any], batch: StatusBatch
+) -> None:
+    """A failed write must be retried: put the work back and forget what we thought we wrote."""
+    registry.dirty.caches |= dirty.caches
+    registry.dirty.groups |= dirty.groups
+    registry.dirty.nodes |= dirty.nodes
+    registry.dirty.removed_nodes |= dirty.removed_nodes
+    for kind, names in (("cache", batch.caches), ("group", batch.groups), ("node", batch.nodes)):
+        for name in names:
+            written.pop((kind, name), None)

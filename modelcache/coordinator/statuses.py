@@ -1,0 +1,227 @@
+"""Agent reports turned into KServe's status fields, plus ours beside them (pure functions).
+
+KServe's fields keep their exact names and values (`nodeStatus`, `copies`, `modelStatus`, ...);
+our additions (per-group counts, conditions, bytes, timestamps) sit next to them, so KServe's own
+tooling reads our objects unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelcache.contract.agent_wire import NODE_STATE_OF_MODEL_STATE, NodeState, model_report_to_raw
+from modelcache.contract.objects import (
+    API_VERSION,
+    NODE_KIND,
+    JsonObject,
+    ModelCache,
+    NodeGroup,
+    format_time,
+    now_rfc3339,
+)
+from modelcache.coordinator.nodes import NodeRecord
+from modelcache.coordinator.placement import Placement, byte_quantity
+
+ConditionSpec = tuple[str, str, str, str]  # type, status, reason, message
+
+
+class ConditionBook:
+    """Remembers when each condition last changed, so `lastTransitionTime` means what it says."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[str, str]] = {}  # (object, type) -> (status, time)
+
+    def render(self, owner: str, specs: Iterable[ConditionSpec]) -> list[JsonObject]:
+        rendered = []
+        for kind, status, reason, message in specs:
+            previous = self._seen.get((owner, kind))
+            since = previous[1] if previous and previous[0] == status else now_rfc3339()
+            self._seen[(owner, kind)] = (status, since)
+            rendered.append(
+                {
+                    "type": kind,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": since,
+                }
+            )
+        return rendered
+
+    def forget(self, owner: str) -> None:
+        for key in [k for k in self._seen if k[0] == owner]:
+            del self._seen[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    now: float
+    heartbeat_timeout: float
+
+
+def node_state(record: NodeRecord, storage_key: str, timing: Timing) -> NodeState:
+    if record.not_ready_for(timing.now, timing.heartbeat_timeout) is not None:
+        return "NodeNotReady"
+    report = record.model(storage_key)
+    return NODE_STATE_OF_MODEL_STATE[report.state] if report else "NodeDownloadPending"
+
+
+def cache_status(
+    cache: ModelCache,
+    placement: Placement,
+    nodes_by_group: Mapping[str, Iterable[NodeRecord]],
+    holders: Iterable[NodeRecord],
+    timing: Timing,
+    book: ConditionBook,
+    inference_services: list[Any],
+) -> JsonObject:
+    """Status of one cache. `holders` are nodes outside its admitted groups that still report it
+    (a deleted cache, a removed group): they stay listed until their files are gone."""
+    node_status: dict[str, NodeState] = {}
+    details: dict[str, JsonObject] = {}
+    per_group: dict[str, JsonObject] = {}
+    admitted = placement.admitted_groups(cache.name)
+    for group in admitted:
+        counts = dict.fromkeys(("nodes", "available", "failed", "downloading", "notReady"), 0)
+        for record in nodes_by_group.get(group, ()):
+            state = node_state(record, cache.storage_key, timing)
+            node_status[record.name] = state
+            details[record.name] = _node_detail(record, cache.storage_key, group)
+            counts["nodes"] += 1
+            counts["available"] += state == "NodeDownloaded"
+            counts["failed"] += state == "NodeDownloadError"
+            counts["downloading"] += state == "NodeDownloading"
+            counts["notReady"] += state == "NodeNotReady"
+        per_group[group] = {"admitted": True, **counts}
+    for record in holders:
+        if record.name not in node_status:
+            node_status[record.name] = node_state(record, cache.storage_key, timing)
+            details[record.name] = _node_detail(record, cache.storage_key, record.group)
+    for admission in placement.admissions.get(cache.name, ()):
+        if not admission.admitted:
+            per_group[admission.group] = {"admitted": False, "reason": admission.reason}
+    total = sum(g.get("nodes", 0) for g in per_group.values())
+    available = sum(g.get("available", 0) for g in per_group.values())
+    failed = sum(g.get("failed", 0) for g in per_group.values())
+    status: JsonObject = {
+        "nodeStatus": node_status,
+        "copies": {"total": total, "available": available, "failed": failed},
+        "inferenceServices": inference_services,
+        "nodeGroupStatus": per_group,
+        "nodeDetails": details,
+        "conditions": book.render(
+            cache.name, _cache_conditions(cache, placement, total, available)
+        ),
+    }
+    started = [d["startedAt"] for d in details.values() if d.get("startedAt")]
+    if started:
+        status["firstStartedAt"] = min(started)
+    finished = [d.get("finishedAt") for d in details.values()]
+    if total and available == total and all(finished):
+        status["finishedAt"] = max(f for f in finished if f)
+    return status
+
+
+def _node_detail(record: NodeRecord, storage_key: str, group: str | None) -> JsonObject:
+    detail: JsonObject = {"nodeGroup": group}
+    report = record.model(storage_key)
+    if report is not None:
+        raw = dict(model_report_to_raw(report))
+        del raw["storageKey"], raw["state"]
+        detail.update(raw)
+    return detail
+
+
+def _cache_conditions(
+    cache: ModelCache, placement: Placement, total: int, available: int
+) -> list[ConditionSpec]:
+    admissions = placement.admissions.get(cache.name, ())
+    conditions: list[ConditionSpec] = []
+    if cache.deleting:
+        conditions.append(("Ready", "False", "Deleting", "the cache is being deleted"))
+    elif not any(a.admitted for a in admissions):
+        conditions.append(("Ready", "False", "NotAdmitted", "no node group admits this cache"))
+    elif total == 0:
+        conditions.append(("Ready", "False", "NoNodes", "no node is in an admitted node group yet"))
+    elif available < total:
+        message = f"{available} of {total} copies downloaded"
+        conditions.append(("Ready", "False", "Downloading", message))
+    else:
+        conditions.append(("Ready", "True", "Downloaded", f"all {total} copies downloaded"))
+    for a in admissions:
+        status = "True" if a.admitted else "False"
+        conditions.append((f"Admitted-{a.group}", status, a.reason, a.message))
+    return conditions
+
+
+def group_status(
+    group: NodeGroup, placement: Placement, members: Iterable[NodeRecord]
+) -> JsonObject:
+    used = placement.used_by_group.get(group.name, 0)
+    models = placement.models_by_group.get(group.name, ())
+    return {
+        "used": byte_quantity(used),
+        "available": byte_quantity(max(group.storage_limit - used, 0)),
+        "nodes": sorted(r.name for r in members),
+        "models": sorted(name for m in models for name in m.caches),
+    }
+
+
+def local_model_node(
+    record: NodeRecord, timing: Timing, wanted_by: Mapping[str, str]
+) -> JsonObject:
+    """The LocalModelNode object for one node. `wanted_by` maps storage key -> cache name for keys
+    whose cache no longer exists, so their status can still be named while they are deleted."""
+    local_models: list[JsonObject] = []
+    model_status: dict[str, str] = {}
+    model_details: dict[str, JsonObject] = {}
+    for desired in record.desired:
+        for cache_name in desired.caches:
+            local_models.append(
+                {
+                    "modelName": cache_name,
+                    "sourceModelUri": desired.source_model_uri,
+                    "nodeGroup": desired.node_group,
+                }
+            )
+            report = record.model(desired.storage_key)
+            model_status[cache_name] = report.state if report else "ModelDownloadPending"
+            model_details[cache_name] = _model_detail(record, desired.storage_key)
+    for key in record.report.models if record.report else ():
+        name = wanted_by.get(key)
+        if name is not None and name not in model_status:
+            model_status[name] = record.report.models[key].state if record.report else ""
+            model_details[name] = _model_detail(record, key)
+    status: JsonObject = {"modelStatus": model_status, "modelDetails": model_details}
+    if record.last_report_time:
+        status["lastReportTime"] = record.last_report_time
+    status["ready"] = record.not_ready_for(timing.now, timing.heartbeat_timeout) is None
+    if record.report is not None:
+        status["disk"] = {
+            "capacityBytes": record.report.disk.capacity_bytes,
+            "freeBytes": record.report.disk.free_bytes,
+        }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": NODE_KIND,
+        "metadata": {"name": record.name},
+        "spec": {"localModels": local_models},
+        "status": status,
+    }
+
+
+def _model_detail(record: NodeRecord, storage_key: str) -> JsonObject:
+    detail: JsonObject = {"storageKey": storage_key}
+    report = record.model(storage_key)
+    if report is not None:
+        raw = dict(model_report_to_raw(report))
+        del raw["storageKey"]
+        detail.update(raw)
+        if report.bytes_total:
+            detail["progress"] = round(report.bytes_done / report.bytes_total, 4)
+    return detail
+
+
+__all__ = ["ConditionBook", "Timing", "cache_status", "format_time", "group_status"]

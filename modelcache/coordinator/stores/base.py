@@ -1,0 +1,69 @@
+"""The one interface both stores implement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from modelcache.contract.errors import ModelCacheError, PermanentError, TemporaryError
+from modelcache.contract.objects import JsonObject
+from modelcache.coordinator.registry import Registry
+
+
+class ObjectNotFoundError(ModelCacheError, KeyError):
+    """The named object does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ObjectConflictError(PermanentError):
+    """The object changed (or exists) in a way the request did not expect."""
+
+
+class StoreUnavailableError(TemporaryError):
+    """The backing store cannot be reached right now; try again."""
+
+
+@dataclass(slots=True)
+class StatusBatch:
+    """Everything one status-writer tick wants persisted, written in one go where possible."""
+
+    caches: dict[str, JsonObject] = field(default_factory=dict)  # name -> status
+    groups: dict[str, JsonObject] = field(default_factory=dict)  # name -> status
+    nodes: dict[str, JsonObject] = field(default_factory=dict)  # name -> LocalModelNode
+    removed_nodes: set[str] = field(default_factory=set)
+    agents: dict[str, JsonObject] = field(default_factory=dict)  # name -> agent record
+
+    def __bool__(self) -> bool:
+        return bool(self.caches or self.groups or self.nodes or self.removed_nodes or self.agents)
+
+
+class Store(Protocol):
+    name: str
+
+    async def load(self, registry: Registry) -> None:
+        """Load every object into the registry."""
+
+    async def follow(self, registry: Registry) -> None:
+        """Keep the registry current with changes made elsewhere, until cancelled (the kube store
+        watches; the embedded store has no other writer and just idles)."""
+
+    async def close(self) -> None: ...
+
+    async def put_cache(self, raw: JsonObject) -> JsonObject:
+        """Create or replace (spec and metadata; never status). Returns the stored object."""
+
+    async def delete_cache(self, name: str) -> JsonObject | None:
+        """Start deleting: the object stays, marked, until `release_cache` drops the finalizer.
+        Returns the marked object, or None when it was removed at once (no finalizer)."""
+
+    async def release_cache(self, name: str) -> None:
+        """Remove our finalizer from a deleted cache, so it goes away."""
+
+    async def put_group(self, raw: JsonObject) -> JsonObject: ...
+
+    async def delete_group(self, name: str) -> None: ...
+
+    async def write(self, batch: StatusBatch) -> None:
+        """Persist statuses, LocalModelNode objects and agent records."""
