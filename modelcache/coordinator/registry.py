@@ -237,8 +237,21 @@ class Registry:
             self.timing(),
             self.conditions,
             list(previous.get("inferenceServices") or []),
+            self._deleting_message(cache) if cache.deleting else "",
         )
         return {**stored, "status": status}
+
+    def _deleting_message(self, cache: ModelCache) -> str:
+        progress = self.deletion_progress(cache)
+        parts = []
+        if progress.waiting_for:
+            parts.append(f"waiting for {', '.join(progress.waiting_for)} to remove the files")
+        if progress.given_up_on:
+            parts.append(
+                f"not waiting for {', '.join(progress.given_up_on)}: NotReady for longer than "
+                f"{self.not_ready_deletion_timeout:g}s; their files are removed when they return"
+            )
+        return "; ".join(parts) or "every node has removed the files"
 
     def group_with_status(self, name: str) -> JsonObject:
         group = self.groups[name]
@@ -252,7 +265,7 @@ class Registry:
     def deletion_progress(self, cache: ModelCache) -> DeletionProgress:
         """A deleted cache may lose its finalizer once no node still holds its files for it.
 
-        A node counts as done when its report (after it saw the list without the model) lacks
+        A node counts as done when its latest report lacks
         the files, when another cache still wants the same files there, when it is gone, or when
         it has been NotReady longer than the configured timeout (then the status says so).
         """

@@ -76,6 +76,7 @@ def cache_status(
     timing: Timing,
     book: ConditionBook,
     inference_services: list[Any],
+    deleting_message: str = "the cache is being deleted",
 ) -> JsonObject:
     """Status of one cache. `holders` are nodes outside its admitted groups that still report it
     (a deleted cache, a removed group): they stay listed until their files are gone."""
@@ -112,7 +113,7 @@ def cache_status(
         "nodeGroupStatus": per_group,
         "nodeDetails": details,
         "conditions": book.render(
-            cache.name, _cache_conditions(cache, placement, total, available)
+            cache.name, _cache_conditions(cache, placement, total, available, deleting_message)
         ),
     }
     started = [d["startedAt"] for d in details.values() if d.get("startedAt")]
@@ -135,12 +136,12 @@ def _node_detail(record: NodeRecord, storage_key: str, group: str | None) -> Jso
 
 
 def _cache_conditions(
-    cache: ModelCache, placement: Placement, total: int, available: int
+    cache: ModelCache, placement: Placement, total: int, available: int, deleting_message: str
 ) -> list[ConditionSpec]:
     admissions = placement.admissions.get(cache.name, ())
     conditions: list[ConditionSpec] = []
     if cache.deleting:
-        conditions.append(("Ready", "False", "Deleting", "the cache is being deleted"))
+        conditions.append(("Ready", "False", "Deleting", deleting_message))
     elif not any(a.admitted for a in admissions):
         conditions.append(("Ready", "False", "NotAdmitted", "no node group admits this cache"))
     elif total == 0:

@@ -131,6 +131,8 @@ async def test_deleting_a_cache_waits_until_every_node_removed_the_files(api: Ap
     await api.settle()
     still = await api.call("GET", "/v1/localmodelcaches/llama3")
     assert still["status"]["nodeStatus"] == {"gpu-a100-1": "NodeDownloaded"}
+    ready = next(c for c in still["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == "waiting for gpu-a100-1 to remove the files"
     await api.report("gpu-a100-1", {}, generation=desired["generation"])
     await api.settle()
     await api.call("GET", "/v1/localmodelcaches/llama3", expect=404)
@@ -140,10 +142,18 @@ async def test_a_node_not_ready_too_long_does_not_block_deletion(api: Api) -> No
     await _cluster(api)
     await api.put(cache("llama3", LLAMA, "16Gi", "a100"))
     await api.report("gpu-a100-0", {LLAMA: "ModelDownloaded"})
+    await api.report("gpu-a100-1", {LLAMA: "ModelDownloaded"})
     await api.call("DELETE", "/v1/localmodelcaches/llama3", expect=202)
-    await api.settle()
-    await api.call("GET", "/v1/localmodelcaches/llama3")  # waits for gpu-a100-0
-    await asyncio.sleep(1.8)  # heartbeat timeout 0.6 s + NotReady timeout 1 s
+    for _ in range(18):  # gpu-a100-0 falls silent; gpu-a100-1 is slow to delete its files
+        await asyncio.sleep(0.1)
+        await api.report("gpu-a100-1", {LLAMA: "ModelDownloaded"})
+    # heartbeat timeout 0.6 s + NotReady timeout 1 s have passed for gpu-a100-0
+    ready = (await api.call("GET", "/v1/localmodelcaches/llama3"))["status"]["conditions"][0]
+    assert ready["message"] == (
+        "waiting for gpu-a100-1 to remove the files; not waiting for gpu-a100-0: NotReady for "
+        "longer than 1s; their files are removed when they return"
+    )
+    await api.report("gpu-a100-1", {})
     await api.settle()
     await api.call("GET", "/v1/localmodelcaches/llama3", expect=404)
 
