@@ -10,6 +10,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from modelcache.cli.apply_command import add_apply_parser
+from modelcache.cli.objects_command import add_delete_parser, add_get_parser
 from modelcache.cli.pull_command import add_pull_parser
 from modelcache.contract.errors import ModelCacheError, UsageError
 
@@ -23,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_pull_parser(subparsers)
+    add_apply_parser(subparsers)
+    add_get_parser(subparsers)
+    add_delete_parser(subparsers)
     return parser
 
 
