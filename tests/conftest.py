@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins = ["tests.hub_origin"]
+pytest_plugins = ["tests.hub_origin", "tests.fakekube.fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -72,6 +72,7 @@ class KubeStore:
         self._versions: dict[str, str] = {}  # plural -> resourceVersion to watch from
         self._statuses: dict[tuple[str, str], Any] = {}  # (plural, name) -> status on the server
         self._node_objects: set[str] = set()  # LocalModelNodes that exist on the server
+        self._status_on_main: set[str] = set()  # plurals whose CRD has no status subresource
         self._limit = asyncio.Semaphore(WRITE_CONCURRENCY)
 
     # --- connection -----------------------------------------------------------------------------
@@ -371,15 +372,16 @@ class KubeStore:
         custom = await self._custom()
         async with self._limit:
             for attempt in range(CONFLICT_RETRIES):
+                on_main = plural in self._status_on_main
+                call = (
+                    custom.patch_cluster_custom_object
+                    if on_main
+                    else custom.patch_cluster_custom_object_status
+                )
                 try:
                     await self._call(
-                        lambda: custom.patch_cluster_custom_object_status(
-                            GROUP,
-                            VERSION,
-                            plural,
-                            name,
-                            {"status": patch},
-                            **_AS_MERGE_PATCH,
+                        partial(
+                            call, GROUP, VERSION, plural, name, {"status": patch}, **_AS_MERGE_PATCH
                         ),
                         f"writing the status of {plural}/{name}",
                     )
@@ -388,7 +390,11 @@ class KubeStore:
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                 except ObjectNotFoundError:
-                    return  # deleted meanwhile: nothing to report on
+                    if on_main or plural != GROUPS:
+                        return  # deleted meanwhile: nothing to report on
+                    # KServe's LocalModelNodeGroup CRD has no status subresource: status is
+                    # then an ordinary field of the object.
+                    self._status_on_main.add(plural)
         self._statuses[(plural, name)] = status
 
     async def _write_node(self, obj: JsonObject) -> None:
