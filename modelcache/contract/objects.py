@@ -63,14 +63,11 @@ class ModelCache:
     model_size_text: str
     node_groups: tuple[str, ...]
     service_account_name: str | None
+    storage_key: str  # KServe's folder name, derived from source_model_uri once
 
     @property
     def name(self) -> str:
         return self.meta.name
-
-    @property
-    def storage_key(self) -> str:
-        return storage_key(self.source_model_uri)
 
     @property
     def deleting(self) -> bool:
@@ -238,6 +235,7 @@ def parse_cache(raw: Mapping[str, Any]) -> ModelCache:
         model_size_text=size_text,
         node_groups=tuple(spec["nodeGroups"]),
         service_account_name=spec.get("serviceAccountName"),
+        storage_key=storage_key(spec["sourceModelUri"]),
     )
 
 

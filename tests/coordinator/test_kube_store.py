@@ -55,7 +55,9 @@ async def kube_api(fake_kube: FakeKubeHandle, tmp_path: Path) -> AsyncIterator[A
     fake_kube.create("nodes", kube_node("gpu-h100-0", "h100"))
     fake_kube.create(CACHES, cache("llama3", LLAMA, "16Gi", "a100"))
     settings = fast_settings(
-        tmp_path / "unused.db", store=StoreSettings("kube", kubeconfig=fake_kube.kubeconfig)
+        tmp_path / "unused.db",
+        store=StoreSettings("kube", kubeconfig=fake_kube.kubeconfig),
+        status_interval=30.0,  # statuses are written when a test says `settle()`, not by chance
     )
     async with serving(settings) as api:
         for plural in (CACHES, GROUPS, "nodes"):
