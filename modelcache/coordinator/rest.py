@@ -87,18 +87,27 @@ def _list(kind: str, items: list[JsonObject]) -> web.Response:
 
 
 async def list_caches(request: web.Request) -> web.Response:
-    registry = request.app[COORDINATOR].registry
-    return _list(
-        "LocalModelCache", [registry.cache_with_status(n) for n in sorted(registry.caches)]
+    coordinator = request.app[COORDINATOR]
+    max_age = coordinator.settings.status_render_max_age
+    registry = coordinator.registry
+    items = b",".join(registry.cache_json(n, max_age) for n in sorted(registry.caches))
+    head = b'{"apiVersion":"%s","kind":"LocalModelCacheList","metadata":{},"items":[' % (
+        API_VERSION.encode()
     )
+    return _json_bytes(head + items + b"]}")
 
 
 async def get_cache(request: web.Request) -> web.Response:
-    registry = request.app[COORDINATOR].registry
+    coordinator = request.app[COORDINATOR]
     name = request.match_info["name"]
-    if name not in registry.caches:
+    if name not in coordinator.registry.caches:
         raise ObjectNotFoundError(f"LocalModelCache {name} does not exist")
-    return web.json_response(registry.cache_with_status(name))
+    max_age = coordinator.settings.status_render_max_age
+    return _json_bytes(coordinator.registry.cache_json(name, max_age))
+
+
+def _json_bytes(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def put_cache(request: web.Request) -> web.Response:

@@ -34,6 +34,9 @@ class CoordinatorSettings:
     """A deleted cache stops waiting for a node that has been NotReady this long."""
     status_interval: float = 1.0
     """At most one status write per changed object per this many seconds (coalescing)."""
+    status_render_max_age: float = 0.5
+    """REST may serve a cache status rendered this many seconds ago while reports stream in
+    (it is re-rendered at once when nothing newer changed it)."""
     long_poll_max: float = 60.0
     """Longest wait a long poll of the desired list may ask for."""
 

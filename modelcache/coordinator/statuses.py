@@ -81,25 +81,40 @@ def cache_status(
     """Status of one cache. `holders` are nodes outside its admitted groups that still report it
     (a deleted cache, a removed group): they stay listed until their files are gone."""
     node_status: dict[str, NodeState] = {}
-    details: dict[str, JsonObject] = {}
+    progress: dict[str, JsonObject] = {}  # bytes per node; the rest is in its LocalModelNode
+    started: list[str] = []
+    finished: list[str | None] = []
     per_group: dict[str, JsonObject] = {}
-    admitted = placement.admitted_groups(cache.name)
-    for group in admitted:
+    key = cache.storage_key
+
+    def visit(record: NodeRecord) -> NodeState:
+        state = node_state(record, key, timing)
+        node_status[record.name] = state
+        report = record.model(key)
+        if report is not None:
+            progress[record.name] = {
+                "bytesDone": report.bytes_done,
+                "bytesTotal": report.bytes_total,
+            }
+            if report.started_at:
+                started.append(report.started_at)
+        finished.append(report.finished_at if report is not None else None)
+        return state
+
+    for group in placement.admitted_groups(cache.name):
         counts = dict.fromkeys(("nodes", "available", "failed", "downloading", "notReady"), 0)
         for record in nodes_by_group.get(group, ()):
-            state = node_state(record, cache.storage_key, timing)
-            node_status[record.name] = state
-            details[record.name] = _node_detail(record, cache.storage_key, group)
+            state = visit(record)
             counts["nodes"] += 1
             counts["available"] += state == "NodeDownloaded"
             counts["failed"] += state == "NodeDownloadError"
             counts["downloading"] += state == "NodeDownloading"
             counts["notReady"] += state == "NodeNotReady"
         per_group[group] = {"admitted": True, **counts}
+    admitted_finished = list(finished)
     for record in holders:
         if record.name not in node_status:
-            node_status[record.name] = node_state(record, cache.storage_key, timing)
-            details[record.name] = _node_detail(record, cache.storage_key, record.group)
+            visit(record)
     for admission in placement.admissions.get(cache.name, ()):
         if not admission.admitted:
             per_group[admission.group] = {"admitted": False, "reason": admission.reason}
@@ -111,28 +126,16 @@ def cache_status(
         "copies": {"total": total, "available": available, "failed": failed},
         "inferenceServices": inference_services,
         "nodeGroupStatus": per_group,
-        "nodeDetails": details,
+        "nodeProgress": progress,
         "conditions": book.render(
             cache.name, _cache_conditions(cache, placement, total, available, deleting_message)
         ),
     }
-    started = [d["startedAt"] for d in details.values() if d.get("startedAt")]
     if started:
         status["firstStartedAt"] = min(started)
-    finished = [d.get("finishedAt") for d in details.values()]
-    if total and available == total and all(finished):
-        status["finishedAt"] = max(f for f in finished if f)
+    if total and available == total and all(admitted_finished):
+        status["finishedAt"] = max(f for f in admitted_finished if f)
     return status
-
-
-def _node_detail(record: NodeRecord, storage_key: str, group: str | None) -> JsonObject:
-    detail: JsonObject = {"nodeGroup": group}
-    report = record.model(storage_key)
-    if report is not None:
-        raw = dict(model_report_to_raw(report))
-        del raw["storageKey"], raw["state"]
-        detail.update(raw)
-    return detail
 
 
 def _cache_conditions(

@@ -30,6 +30,7 @@ def fast_settings(db: Path, **overrides: Any) -> CoordinatorSettings:
         not_ready_deletion_timeout=1.0,
         status_interval=0.05,
         long_poll_max=5.0,
+        status_render_max_age=0.0,
     )
     return replace(settings, **overrides)
 

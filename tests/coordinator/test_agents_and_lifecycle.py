@@ -58,7 +58,7 @@ async def test_reports_become_kserve_status_and_our_details(api: Api) -> None:
     }
     assert status["copies"] == {"total": 3, "available": 1, "failed": 1}
     assert status["nodeGroupStatus"]["a100"]["available"] == 1
-    assert status["nodeDetails"]["gpu-a100-1"]["bytesDone"] == 5
+    assert status["nodeProgress"]["gpu-a100-1"]["bytesDone"] == 5
     assert status["firstStartedAt"] == "2026-11-24T10:00:00Z"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["message"]) == ("False", "1 of 3 copies downloaded")

@@ -175,7 +175,7 @@ async def test_conflicts_are_retried_and_writes_coalesced(
     # two refused by 409, then one that lands: the twenty reports cost one write
     assert len(cache_writes) == 3
     status = fake_kube.get(CACHES, "llama3")["status"]
-    assert status["nodeDetails"]["gpu-a100-0"]["bytesDone"] == 20
+    assert status["nodeProgress"]["gpu-a100-0"]["bytesDone"] == 20
 
 
 async def test_rest_writes_go_through_the_api_server(
