@@ -25,6 +25,7 @@ from modelcache.contract.objects import (
     parse_cache,
     parse_node_group,
 )
+from modelcache.coordinator.aggregating import CacheAggregate
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.placement import Placement, place
 from modelcache.coordinator.statuses import (
@@ -33,7 +34,6 @@ from modelcache.coordinator.statuses import (
     cache_status,
     group_status,
     local_model_node,
-    node_state,
 )
 
 
@@ -91,6 +91,12 @@ class Registry:
         self.reports_received = 0
         # REST serves cache statuses from here: (version, monotonic time, JSON bytes).
         self._rendered: dict[str, tuple[int, float, bytes]] = {}
+        self._statuses: dict[str, tuple[int, JsonObject]] = {}  # cache -> (version, status)
+        self._aggregates: dict[str, CacheAggregate] = {}
+        # Nodes whose entry in a cache's aggregate must be recomputed; None: rebuild it all.
+        self._pending: dict[str, set[str] | None] = {}
+        self._reporting: dict[str, set[str]] = defaultdict(set)  # storage key -> nodes holding it
+        self._sorted_members: dict[str, list[str]] = {}
 
     # --- desired objects ------------------------------------------------------------------------
 
@@ -106,7 +112,8 @@ class Registry:
         if self.caches.pop(name, None) is not None:
             del self.cache_objects[name]
             self.conditions.forget(name)
-            self._rendered.pop(name, None)
+            for per_cache in (self._rendered, self._statuses, self._aggregates, self._pending):
+                per_cache.pop(name, None)
             self._replace()
 
     def upsert_group(self, raw: JsonObject) -> NodeGroup:
@@ -152,8 +159,12 @@ class Registry:
         self.reports_received += 1
         if previous != report:
             self.dirty.nodes.add(name)
-            keys = set(report.models) | (set(previous.models) if previous else set())
-            self._mark_caches_with_keys(keys)
+            before = set(previous.models) if previous else set()
+            for key in before - set(report.models):
+                self._reporting[key].discard(name)
+            for key in report.models:
+                self._reporting[key].add(name)
+            self._mark_caches_with_keys(before | set(report.models), name)
         if not self._ready.get(name, False):
             self._readiness_changed(record, ready=True)
         return record
@@ -164,11 +175,14 @@ class Registry:
             return
         for members in self._members.values():
             members.discard(name)
+        for holding in self._reporting.values():
+            holding.discard(name)
+        self._sorted_members.clear()
         self._ready.pop(name, None)
         record.changed.set()
         self.dirty.nodes.discard(name)
         self.dirty.removed_nodes.add(name)
-        self.dirty.touch_caches(self.caches)
+        self._touch_node(self.caches, name)
         self.dirty.groups.update(self.groups)
 
     def _new_node(self, name: str) -> NodeRecord:
@@ -182,12 +196,14 @@ class Registry:
             if member_of != group and record.name in members:
                 members.discard(record.name)
                 self.dirty.groups.add(member_of)
+                self._sorted_members.pop(member_of, None)
         if group is not None and record.name not in self._members[group]:
             self._members[group].add(record.name)
             self.dirty.groups.add(group)
+            self._sorted_members.pop(group, None)
         self._assign(record)
         self.dirty.nodes.add(record.name)
-        self.dirty.touch_caches(self.caches)
+        self._touch_node(self.caches, record.name)
 
     # --- derived state --------------------------------------------------------------------------
 
@@ -195,6 +211,7 @@ class Registry:
         self.placement = place(self.caches.values(), self.groups)
         for record in self.nodes.values():
             self._assign(record)
+        self._pending.update(dict.fromkeys(self.caches))  # placement may have changed: rebuild
         self.dirty.touch_caches(self.caches)
         self.dirty.groups.update(self.groups)
 
@@ -202,16 +219,24 @@ class Registry:
         if record.set_desired(self.placement.desired_for_group(record.group)):
             self.dirty.nodes.add(record.name)
 
-    def _mark_caches_with_keys(self, keys: set[str]) -> None:
-        for cache in self.caches.values():
-            if cache.storage_key in keys:
-                self.dirty.touch_caches((cache.name,))
+    def _mark_caches_with_keys(self, keys: set[str], node: str) -> None:
+        self._touch_node([c.name for c in self.caches.values() if c.storage_key in keys], node)
+
+    def _touch_node(self, caches: Iterable[str], node: str) -> None:
+        """`node`'s entry in these caches' statuses may have changed."""
+        names = list(caches)
+        for name in names:
+            if name not in self._pending:
+                self._pending[name] = {node}
+            elif (pending := self._pending[name]) is not None:
+                pending.add(node)
+        self.dirty.touch_caches(names)
 
     def _readiness_changed(self, record: NodeRecord, *, ready: bool) -> None:
         self._ready[record.name] = ready
         self.dirty.nodes.add(record.name)
         keys = record.desired_keys() | (set(record.report.models) if record.report else set())
-        self._mark_caches_with_keys(set(keys))
+        self._mark_caches_with_keys(set(keys), record.name)
 
     def sweep_readiness(self) -> None:
         """Notice nodes whose heartbeats stopped (or resumed); called periodically."""
@@ -227,31 +252,48 @@ class Registry:
         return Timing(self._clock(), self.heartbeat_timeout)
 
     def members(self, group: str) -> list[NodeRecord]:
-        return [self.nodes[n] for n in sorted(self._members.get(group, ()))]
+        names = self._sorted_members.get(group)
+        if names is None:
+            names = self._sorted_members[group] = sorted(self._members.get(group, ()))
+        return [self.nodes[n] for n in names]
 
-    def holders(self, cache: ModelCache) -> list[NodeRecord]:
-        """Nodes that still report this cache's files though it is not placed on their group."""
-        admitted = set(self.placement.admitted_groups(cache.name))
-        return [
-            r for r in self.nodes.values() if r.holds(cache.storage_key) and r.group not in admitted
-        ]
+    def aggregate(self, name: str) -> CacheAggregate:
+        """The cache's per-node view, brought up to date."""
+        cache = self.caches[name]
+        pending = self._pending.pop(name, set())
+        current = self._aggregates.get(name)
+        now, timeout = self._clock(), self.heartbeat_timeout
+        if current is None or pending is None:
+            current = CacheAggregate(cache, self.placement.admitted_groups(name))
+            for group in current.admitted:
+                for node in self._members.get(group, ()):
+                    current.update(node, self.nodes[node], now, timeout)
+            for node in self._reporting.get(cache.storage_key, ()):
+                current.update(node, self.nodes[node], now, timeout)
+            self._aggregates[name] = current
+        else:
+            for node in pending:
+                current.update(node, self.nodes.get(node), now, timeout)
+        return current
 
     def cache_with_status(self, name: str) -> JsonObject:
         cache = self.caches[name]
-        stored = self.cache_objects[name]
-        previous = stored.get("status") or {}
-        nodes_by_group = {g: self.members(g) for g in cache.node_groups}
-        status = cache_status(
-            cache,
-            self.placement,
-            nodes_by_group,
-            self.holders(cache),
-            self.timing(),
-            self.conditions,
-            list(previous.get("inferenceServices") or []),
-            self._deleting_message(cache) if cache.deleting else "",
-        )
-        return {**stored, "status": status}
+        version = self.dirty.versions.get(name, 0)
+        cached = self._statuses.get(name)
+        if cached is not None and cached[0] == version and not cache.deleting:
+            status = cached[1]
+        else:
+            previous = self.cache_objects[name].get("status") or {}
+            status = cache_status(
+                cache,
+                self.placement,
+                self.aggregate(name),
+                self.conditions,
+                list(previous.get("inferenceServices") or []),
+                self._deleting_message(cache) if cache.deleting else "",
+            )
+            self._statuses[name] = (version, status)
+        return {**self.cache_objects[name], "status": status}
 
     def cache_json(self, name: str, max_age: float) -> bytes:
         """The cache with its status as JSON, re-rendered only when it changed and the last
@@ -296,8 +338,9 @@ class Registry:
         """
         now = self._clock()
         waiting, given_up = [], []
-        for record in self.nodes.values():
-            if not record.holds(cache.storage_key) or cache.storage_key in record.desired_keys():
+        for node in self._reporting.get(cache.storage_key, ()):
+            record = self.nodes[node]
+            if cache.storage_key in record.desired_keys():
                 continue
             not_ready = record.not_ready_for(now, self.heartbeat_timeout)
             if not_ready is not None and not_ready > self.not_ready_deletion_timeout:
@@ -336,7 +379,7 @@ class Registry:
             summary.update(used=status["used"], available=status["available"])
         models: list[Mapping[str, Any]] = []
         for desired in self.placement.models_by_group.get(name, ()):
-            states = {r.name: self.node_object_state(r, desired.storage_key) for r in members}
+            states = dict(self.aggregate(desired.caches[0]).buckets.get(name, {}))
             models.append(
                 {
                     "caches": list(desired.caches),
@@ -348,17 +391,8 @@ class Registry:
         summary["models"] = models
         return summary
 
-    def node_object_state(self, record: NodeRecord, storage_key: str) -> str:
-        return node_state(record, storage_key, self.timing())
-
     def placement_of(self, cache_name: str, group: str) -> list[str]:
-        cache = self.caches[cache_name]
-        return [
-            r.name
-            for r in self.members(group)
-            if group in self.placement.admitted_groups(cache_name)
-            and self.node_object_state(r, cache.storage_key) == "NodeDownloaded"
-        ]
+        return self.aggregate(cache_name).downloaded_in(group)
 
 
 __all__ = ["DeletionProgress", "Dirty", "Placement", "Registry"]

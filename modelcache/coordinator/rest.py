@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    return web.json_response({"error": message, "field": field}, status=status)
+    return _json({"error": message, "field": field}, status=status)
 
 
 @web.middleware
@@ -78,9 +79,7 @@ def _format(request: web.Request) -> str:
 
 
 def _list(kind: str, items: list[JsonObject]) -> web.Response:
-    return web.json_response(
-        {"apiVersion": API_VERSION, "kind": f"{kind}List", "metadata": {}, "items": items}
-    )
+    return _json({"apiVersion": API_VERSION, "kind": f"{kind}List", "metadata": {}, "items": items})
 
 
 # --- LocalModelCache / LocalModelNodeGroup / LocalModelNode ------------------------------------
@@ -106,6 +105,10 @@ async def get_cache(request: web.Request) -> web.Response:
     return _json_bytes(coordinator.registry.cache_json(name, max_age))
 
 
+def _json(value: Any, status: int = 200) -> web.Response:
+    return _json_bytes(orjson.dumps(value), status)
+
+
 def _json_bytes(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
@@ -115,7 +118,7 @@ async def put_cache(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     created = name not in coordinator.registry.caches
     stored = await coordinator.apply_cache(name, await _body(request))
-    return web.json_response(stored, status=201 if created else 200)
+    return _json(stored, status=201 if created else 200)
 
 
 async def delete_cache(request: web.Request) -> web.Response:
@@ -124,8 +127,8 @@ async def delete_cache(request: web.Request) -> web.Response:
     await coordinator.delete_cache(name)
     registry = coordinator.registry
     if name in registry.caches:  # waiting for nodes to remove the files
-        return web.json_response(registry.cache_with_status(name), status=202)
-    return web.json_response({"kind": "Status", "status": "Success", "name": name})
+        return _json(registry.cache_with_status(name), status=202)
+    return _json({"kind": "Status", "status": "Success", "name": name})
 
 
 async def list_groups(request: web.Request) -> web.Response:
@@ -139,7 +142,7 @@ async def get_group(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in registry.groups:
         raise ObjectNotFoundError(f"LocalModelNodeGroup {name} does not exist")
-    return web.json_response(registry.group_with_status(name))
+    return _json(registry.group_with_status(name))
 
 
 async def put_group(request: web.Request) -> web.Response:
@@ -147,13 +150,13 @@ async def put_group(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     created = name not in coordinator.registry.groups
     stored = await coordinator.apply_group(name, await _body(request))
-    return web.json_response(stored, status=201 if created else 200)
+    return _json(stored, status=201 if created else 200)
 
 
 async def delete_group(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await request.app[COORDINATOR].delete_group(name)
-    return web.json_response({"kind": "Status", "status": "Success", "name": name})
+    return _json({"kind": "Status", "status": "Success", "name": name})
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -166,7 +169,7 @@ async def get_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in registry.nodes:
         raise ObjectNotFoundError(f"LocalModelNode {name} does not exist")
-    return web.json_response(registry.node_object(name))
+    return _json(registry.node_object(name))
 
 
 # --- queries -------------------------------------------------------------------------------------
@@ -177,7 +180,7 @@ async def get_nodegroup_summary(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     if group not in registry.groups and not registry.members(group):
         raise ObjectNotFoundError(f"node group {group} has neither a LocalModelNodeGroup nor nodes")
-    return web.json_response(registry.nodegroup_summary(group))
+    return _json(registry.nodegroup_summary(group))
 
 
 async def get_placement(request: web.Request) -> web.Response:
@@ -192,7 +195,7 @@ async def get_placement(request: web.Request) -> web.Response:
     if group not in groups:
         raise FieldError("nodegroup", f"{group} is not one of {cache}'s node groups {list(groups)}")
     nodes = registry.placement_of(cache, group)
-    return web.json_response({"cache": cache, "nodeGroup": group, "nodes": nodes})
+    return _json({"cache": cache, "nodeGroup": group, "nodes": nodes})
 
 
 # --- agents --------------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ async def register_agent(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     node = request.match_info["node"]
     record = coordinator.register(node, parse_registration(await _body(request)))
-    return web.json_response(
+    return _json(
         {
             "node": node,
             "nodeGroup": record.group,
@@ -243,7 +246,7 @@ async def desired_models(request: web.Request) -> web.Response:
             for m in record.desired
         ],
     }
-    return web.json_response(desired)
+    return _json(desired)
 
 
 def _int_query(request: web.Request, key: str, default: int) -> int:
@@ -276,13 +279,13 @@ async def forget_agent(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[COORDINATOR].ready.is_set():
-        return web.json_response({"status": "loading"}, status=503)
-    return web.json_response({"status": "ready"})
+        return _json({"status": "loading"}, status=503)
+    return _json({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -291,7 +294,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return _json(OPENAPI)
 
 
 def build_app(coordinator: Coordinator) -> web.Application:

@@ -131,6 +131,7 @@ class Coordinator:
         batch = StatusBatch()
         for name in dirty.caches & registry.caches.keys():
             self._stage(batch.caches, "cache", name, registry.cache_with_status(name)["status"])
+            await asyncio.sleep(0)  # let requests in between caches: each may be large
         for name in dirty.groups & registry.groups.keys():
             self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])
         for name in dirty.nodes & registry.nodes.keys():

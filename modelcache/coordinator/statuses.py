@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelcache.contract.agent_wire import NODE_STATE_OF_MODEL_STATE, NodeState, model_report_to_raw
+from modelcache.contract.agent_wire import NodeState, model_report_to_raw
 from modelcache.contract.objects import (
     API_VERSION,
     NODE_KIND,
@@ -21,6 +21,8 @@ from modelcache.contract.objects import (
     format_time,
     now_rfc3339,
 )
+from modelcache.coordinator.aggregating import CacheAggregate
+from modelcache.coordinator.aggregating import node_state as aggregate_node_state
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.placement import Placement, byte_quantity
 
@@ -62,79 +64,43 @@ class Timing:
 
 
 def node_state(record: NodeRecord, storage_key: str, timing: Timing) -> NodeState:
-    if record.not_ready_for(timing.now, timing.heartbeat_timeout) is not None:
-        return "NodeNotReady"
-    report = record.model(storage_key)
-    return NODE_STATE_OF_MODEL_STATE[report.state] if report else "NodeDownloadPending"
+    return aggregate_node_state(record, storage_key, timing.now, timing.heartbeat_timeout)
 
 
 def cache_status(
     cache: ModelCache,
     placement: Placement,
-    nodes_by_group: Mapping[str, Iterable[NodeRecord]],
-    holders: Iterable[NodeRecord],
-    timing: Timing,
+    aggregate: CacheAggregate,
     book: ConditionBook,
     inference_services: list[Any],
     deleting_message: str = "the cache is being deleted",
 ) -> JsonObject:
-    """Status of one cache. `holders` are nodes outside its admitted groups that still report it
-    (a deleted cache, a removed group): they stay listed until their files are gone."""
-    node_status: dict[str, NodeState] = {}
-    progress: dict[str, JsonObject] = {}  # bytes per node; the rest is in its LocalModelNode
-    started: list[str] = []
-    finished: list[str | None] = []
+    """Status of one cache from its per-node aggregate. Nodes outside its admitted groups that
+    still hold the files (a deleted cache, a removed group) stay listed until the files are gone."""
     per_group: dict[str, JsonObject] = {}
-    key = cache.storage_key
-
-    def visit(record: NodeRecord) -> NodeState:
-        state = node_state(record, key, timing)
-        node_status[record.name] = state
-        report = record.model(key)
-        if report is not None:
-            progress[record.name] = {
-                "bytesDone": report.bytes_done,
-                "bytesTotal": report.bytes_total,
-            }
-            if report.started_at:
-                started.append(report.started_at)
-        finished.append(report.finished_at if report is not None else None)
-        return state
-
-    for group in placement.admitted_groups(cache.name):
-        counts = dict.fromkeys(("nodes", "available", "failed", "downloading", "notReady"), 0)
-        for record in nodes_by_group.get(group, ()):
-            state = visit(record)
-            counts["nodes"] += 1
-            counts["available"] += state == "NodeDownloaded"
-            counts["failed"] += state == "NodeDownloadError"
-            counts["downloading"] += state == "NodeDownloading"
-            counts["notReady"] += state == "NodeNotReady"
-        per_group[group] = {"admitted": True, **counts}
-    admitted_finished = list(finished)
-    for record in holders:
-        if record.name not in node_status:
-            visit(record)
     for admission in placement.admissions.get(cache.name, ()):
-        if not admission.admitted:
+        if admission.admitted:
+            per_group[admission.group] = {"admitted": True, **aggregate.counts(admission.group)}
+        else:
             per_group[admission.group] = {"admitted": False, "reason": admission.reason}
     total = sum(g.get("nodes", 0) for g in per_group.values())
     available = sum(g.get("available", 0) for g in per_group.values())
     failed = sum(g.get("failed", 0) for g in per_group.values())
     status: JsonObject = {
-        "nodeStatus": node_status,
+        "nodeStatus": aggregate.node_status(),
         "copies": {"total": total, "available": available, "failed": failed},
         "inferenceServices": inference_services,
         "nodeGroupStatus": per_group,
-        "nodeProgress": progress,
+        "nodeProgress": dict(aggregate.progress),
         "conditions": book.render(
             cache.name, _cache_conditions(cache, placement, total, available, deleting_message)
         ),
     }
-    if started:
-        status["firstStartedAt"] = min(started)
-    if total and available == total and all(admitted_finished):
-        status["finishedAt"] = max(f for f in admitted_finished if f)
+    if aggregate.started:
+        status["firstStartedAt"] = min(aggregate.started.values())
+    finished = aggregate.finished.values()
+    if total and available == total and len(aggregate.finished) == total and all(finished):
+        status["finishedAt"] = max(f for f in finished if f)
     return status
 
 

@@ -124,3 +124,20 @@ async def test_service_endpoints(api: Api) -> None:
     assert "modelcache_coordinator_reports_total 1.0" in text
     assert 'modelcache_coordinator_objects{kind="LocalModelNode"} 1.0' in text
     assert "modelcache_coordinator_aggregation_lag_seconds" in text
+
+
+async def test_statuses_are_written_into_the_embedded_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    settings = fast_settings(tmp_path / "db.sqlite")
+    async with serving(settings) as api:
+        await api.put(node_group("a100", "80Gi"))
+        await api.put(cache("llama3", "hf://o/llama3", "10Gi", "a100"))
+        await api.register("gpu-a100-0", "a100")
+        await api.report("gpu-a100-0", {"hf://o/llama3": "ModelDownloading"})
+        await api.settle()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        rows = dict(db.execute("SELECT name, body FROM objects WHERE kind = 'LocalModelCache'"))
+    stored = yaml.safe_load(rows["llama3"])  # JSON is YAML
+    assert stored["status"]["nodeStatus"] == {"gpu-a100-0": "NodeDownloading"}
+    assert stored["status"]["copies"] == {"total": 1, "available": 0, "failed": 0}

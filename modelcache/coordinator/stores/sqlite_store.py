@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from modelcache.contract.agent_wire import (
     Registration,
     StatusReport,
@@ -205,17 +207,19 @@ def _remove(db: sqlite3.Connection, kind: str, name: str) -> None:
 
 
 def _write_batch(db: sqlite3.Connection, batch: StatusBatch) -> None:
-    for kind, statuses in ((CACHE_KIND, batch.caches), (NODE_GROUP_KIND, batch.groups)):
-        for name, status in statuses.items():
-            current = _get(db, kind, name)
-            if current is not None:
-                current["status"] = status
-                _save(db, kind, current)
+    # SQLite sets the status inside the stored JSON itself: no Python round trip of the object.
+    db.executemany(
+        "UPDATE objects SET body = json_set(body, '$.status', json(?)) WHERE kind = ? AND name = ?",
+        [
+            (orjson.dumps(status).decode(), kind, name)
+            for kind, statuses in ((CACHE_KIND, batch.caches), (NODE_GROUP_KIND, batch.groups))
+            for name, status in statuses.items()
+        ],
+    )
     # LocalModelNode objects are derived from agent records and not stored on their own here;
     # the agent records (registration + last report) are what a restart needs.
     rows = [
-        (AGENT_KIND, name, json.dumps(record, separators=(",", ":")))
-        for name, record in batch.agents.items()
+        (AGENT_KIND, name, orjson.dumps(record).decode()) for name, record in batch.agents.items()
     ]
     db.executemany("INSERT OR REPLACE INTO objects (kind, name, body) VALUES (?, ?, ?)", rows)
     db.executemany(
