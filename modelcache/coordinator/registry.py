@@ -88,7 +88,6 @@ class Registry:
         self.conditions = ConditionBook()
         self._members: dict[str, set[str]] = defaultdict(set)  # group -> node names
         self._ready: dict[str, bool] = {}
-        self.reports_received = 0
         # REST serves cache statuses from here: (version, monotonic time, JSON bytes).
         self._rendered: dict[str, tuple[int, float, bytes]] = {}
         self._statuses: dict[str, tuple[int, JsonObject]] = {}  # cache -> (version, status)
@@ -156,7 +155,6 @@ class Registry:
         record.applied_generation = applied_generation
         record.last_seen = self._clock()
         record.last_report_time = now_rfc3339()
-        self.reports_received += 1
         if previous != report:
             self.dirty.nodes.add(name)
             before = set(previous.models) if previous else set()

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelcache.contract.agent_wire import NodeState, model_report_to_raw
+from modelcache.contract.agent_wire import model_report_to_raw
 from modelcache.contract.objects import (
     API_VERSION,
     NODE_KIND,
@@ -22,7 +22,6 @@ from modelcache.contract.objects import (
     now_rfc3339,
 )
 from modelcache.coordinator.aggregating import CacheAggregate
-from modelcache.coordinator.aggregating import node_state as aggregate_node_state
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.placement import Placement, byte_quantity
 
@@ -61,10 +60,6 @@ class ConditionBook:
 class Timing:
     now: float
     heartbeat_timeout: float
-
-
-def node_state(record: NodeRecord, storage_key: str, timing: Timing) -> NodeState:
-    return aggregate_node_state(record, storage_key, timing.now, timing.heartbeat_timeout)
 
 
 def cache_status(
