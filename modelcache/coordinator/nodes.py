@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from modelcache.contract.agent_wire import ModelReport, Registration, StatusReport
+from modelcache.contract.agent_wire import (
+    ModelReport,
+    Registration,
+    StatusReport,
+    model_report_to_raw,
+)
+from modelcache.contract.objects import JsonObject
 from modelcache.coordinator.placement import DesiredModel
 
 
@@ -61,3 +67,25 @@ class NodeRecord:
 
     def holds(self, storage_key: str) -> bool:
         return self.report is not None and storage_key in self.report.models
+
+    def as_raw(self) -> JsonObject:
+        """What a store keeps so a restarted coordinator still knows the node and its files."""
+        body: JsonObject = {"metadata": {"name": self.name}}
+        registration = self.registration
+        if registration is not None:
+            body["registration"] = {
+                "nodeGroup": registration.node_group,
+                "address": registration.address,
+                "disk": {
+                    "capacityBytes": registration.disk.capacity_bytes,
+                    "freeBytes": registration.disk.free_bytes,
+                },
+            }
+        if self.report is not None:
+            disk = self.report.disk
+            body["report"] = {
+                "disk": {"capacityBytes": disk.capacity_bytes, "freeBytes": disk.free_bytes},
+                "models": [model_report_to_raw(m) for m in self.report.models.values()],
+            }
+            body["appliedGeneration"] = self.applied_generation
+        return body

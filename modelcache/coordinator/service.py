@@ -26,7 +26,6 @@ from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.registry import Registry
 from modelcache.coordinator.settings import CoordinatorSettings
 from modelcache.coordinator.stores.base import ObjectNotFoundError, StatusBatch, Store
-from modelcache.coordinator.stores.sqlite_store import agent_record
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ class Coordinator:
             self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])
         for name in dirty.nodes & registry.nodes.keys():
             self._stage(batch.nodes, "node", name, registry.node_object(name))
-            batch.agents[name] = agent_record(registry, name)
+            batch.agents[name] = registry.nodes[name].as_raw()
         batch.removed_nodes = dirty.removed_nodes - registry.nodes.keys()
         for name in batch.removed_nodes:
             self._written.pop(("node", name), None)

@@ -20,8 +20,6 @@ import orjson
 
 from modelcache.contract.agent_wire import (
     Registration,
-    StatusReport,
-    model_report_to_raw,
     parse_registration,
     parse_status_report,
 )
@@ -226,32 +224,6 @@ def _write_batch(db: sqlite3.Connection, batch: StatusBatch) -> None:
         "DELETE FROM objects WHERE kind = ? AND name = ?",
         [(AGENT_KIND, name) for name in batch.removed_nodes],
     )
-
-
-def agent_record(registry: Registry, name: str) -> JsonObject:
-    record = registry.nodes[name]
-    registration = record.registration
-    body: JsonObject = {"metadata": {"name": name}}
-    if registration is not None:
-        body["registration"] = {
-            "nodeGroup": registration.node_group,
-            "address": registration.address,
-            "disk": {
-                "capacityBytes": registration.disk.capacity_bytes,
-                "freeBytes": registration.disk.free_bytes,
-            },
-        }
-    if record.report is not None:
-        body["report"] = _report_to_raw(record.report)
-        body["appliedGeneration"] = record.applied_generation
-    return body
-
-
-def _report_to_raw(report: StatusReport) -> JsonObject:
-    return {
-        "disk": {"capacityBytes": report.disk.capacity_bytes, "freeBytes": report.disk.free_bytes},
-        "models": [model_report_to_raw(m) for m in report.models.values()],
-    }
 
 
 def _restore_agent(registry: Registry, body: JsonObject) -> None:
