@@ -203,3 +203,70 @@ def model_report_to_raw(report: ModelReport) -> RawModelReport:
     if report.finished_at:
         raw["finishedAt"] = report.finished_at
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class WantedModel:
+    """One model the coordinator wants on a node (the agent's view of `RawDesiredModel`)."""
+
+    storage_key: str
+    source_model_uri: str
+    model_size_bytes: int
+    caches: tuple[str, ...]
+    node_group: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredList:
+    generation: int
+    node_group: str | None
+    models: Mapping[str, WantedModel]
+    """By storage key."""
+
+
+def parse_desired(raw: object) -> DesiredList:
+    body = _object(raw, "body")
+    models = body.get("models", [])
+    if not isinstance(models, list):
+        raise FieldError("models", "must be a list")
+    wanted: dict[str, WantedModel] = {}
+    for i, item in enumerate(models):
+        field = f"models[{i}]"
+        model = _object(item, field)
+        key = model.get("storageKey")
+        if not isinstance(key, str) or len(key) != 16:
+            raise FieldError(f"{field}.storageKey", "must be the 16-hex-digit storage key")
+        uri = _text(model, "sourceModelUri", field)
+        if not uri:
+            raise FieldError(f"{field}.sourceModelUri", "is required")
+        caches = model.get("caches", [])
+        if not isinstance(caches, list) or not all(isinstance(c, str) for c in caches):
+            raise FieldError(f"{field}.caches", "must be a list of cache names")
+        wanted[key] = WantedModel(
+            storage_key=key,
+            source_model_uri=uri,
+            model_size_bytes=_count(model, "modelSizeBytes", field, default=0),
+            caches=tuple(caches),
+            node_group=_text(model, "nodeGroup", field) or "",
+        )
+    group = body.get("nodeGroup")
+    if group is not None and not isinstance(group, str):
+        raise FieldError("nodeGroup", "must be a string or null")
+    return DesiredList(_count(body, "generation", "body", default=0), group, wanted)
+
+
+def desired_to_raw(desired: DesiredList) -> RawDesired:
+    return {
+        "generation": desired.generation,
+        "nodeGroup": desired.node_group,
+        "models": [
+            {
+                "storageKey": m.storage_key,
+                "sourceModelUri": m.source_model_uri,
+                "modelSizeBytes": m.model_size_bytes,
+                "caches": list(m.caches),
+                "nodeGroup": m.node_group,
+            }
+            for m in desired.models.values()
+        ],
+    }

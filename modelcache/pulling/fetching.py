@@ -58,6 +58,7 @@ class ChunkFetcher:
         journal: Journal,
         io: ThreadPoolExecutor,
         on_written: WrittenCallback,
+        limiter: AsyncLimiter | None = None,
     ) -> None:
         self._session = session
         self._headers = {**headers, "Accept-Encoding": "identity"}
@@ -69,7 +70,8 @@ class ChunkFetcher:
         self._journal = journal
         self._io = io
         self._on_written = on_written
-        self._limiter = (
+        # A limiter passed in is shared with other pulls (a node-wide cap); else one per pull.
+        self._limiter = limiter or (
             AsyncLimiter(settings.max_bandwidth, 1.0) if settings.max_bandwidth else None
         )
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 
 from modelcache.contract.errors import (
     DestinationConflictError,
@@ -102,10 +103,13 @@ async def pull(
     source: ModelSource | None = None,
     progress: ProgressCallback | None = None,
     verify_digests: bool = False,
+    limiter: AsyncLimiter | None = None,
 ) -> PullResult:
     """Pull `uri` into the folder `dest`, resuming a partial pull of the same source.
 
     `verify_digests` re-hashes an already published model instead of checking sizes only.
+    `limiter` (bytes per second) is shared with other pulls when several must fit one cap;
+    without it `settings.max_bandwidth` caps this pull alone.
     """
     started = time.monotonic()
     source = source or parse_source_uri(uri)
@@ -125,7 +129,13 @@ async def pull(
                 return _result(paths, listing, fetched=0, started=started, up_to_date=True)
             await asyncio.to_thread(_refuse_foreign_destination, paths)
             run = _PullRun(
-                listing, paths, settings, session, progress, trust_published=not verify_digests
+                listing,
+                paths,
+                settings,
+                session,
+                progress,
+                limiter,
+                trust_published=not verify_digests,
             )
             fetched = await run.execute()
     return _result(paths, listing, fetched=fetched, started=started, up_to_date=False)
@@ -178,10 +188,12 @@ class _PullRun:
         settings: PullSettings,
         session: aiohttp.ClientSession,
         progress: ProgressCallback | None,
+        limiter: AsyncLimiter | None,
         *,
         trust_published: bool,
     ) -> None:
         self._listing = listing
+        self._limiter = limiter
         self._trust_published = trust_published
         self._paths = paths
         self._settings = settings
@@ -245,6 +257,7 @@ class _PullRun:
             journal,
             self._writes,
             self._on_written,
+            self._limiter,
         )
         workers = self._settings.concurrency
         with _first_error_of_group():

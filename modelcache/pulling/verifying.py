@@ -104,24 +104,31 @@ class VerifyProblem:
     reason: str
 
 
-def check_published(dest: Path, manifest: Manifest, *, digests: bool) -> list[VerifyProblem]:
+def check_published(
+    dest: Path, manifest: Manifest, *, digests: bool, hash_changed: bool = False
+) -> list[VerifyProblem]:
     """What is wrong with a published model compared to its manifest (blocking; use a thread).
 
-    Sizes always; digests when asked (that re-reads every byte). Extra files count as a problem:
-    the folder must hold exactly the repo's files.
+    Sizes always; digests when asked (that re-reads every byte). With `hash_changed`, a file
+    modified after the model was published is hashed too: an edit that keeps the size shows in
+    its mtime, so a cheap periodic check still catches it. Extra files count as a problem: the
+    folder must hold exactly the repo's files.
     """
     problems: list[VerifyProblem] = []
     expected = {f.path: f for f in manifest.files}
+    published_at = manifest.finished_at.timestamp()
     for f in manifest.files:
         path = dest / f.path
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except FileNotFoundError:
             problems.append(VerifyProblem(f.path, "missing"))
             continue
+        size = stat.st_size
+        touched = hash_changed and stat.st_mtime > published_at
         if size != f.size:
             problems.append(VerifyProblem(f.path, f"size {size}, expected {f.size}"))
-        elif digests and f.digest is not None:
+        elif (digests or touched) and f.digest is not None:
             actual = hash_file(path, f.digest, f.size)
             if actual != f.digest.hex.lower():
                 problems.append(VerifyProblem(f.path, f"{f.digest.algorithm} {actual} differs"))
