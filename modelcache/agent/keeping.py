@@ -236,14 +236,13 @@ class ModelKeeper:
         status.downloading(status.reason if status.reason == "Retrying" else "", status.message)
         self._on_disk.add(key)
         self._notify(urgent=True)
-        last_done = status.bytes_done
+        counted = 0
 
         def progressed(progress: PullProgress) -> None:
-            nonlocal last_done
+            nonlocal counted
             self._reserved.pop(key, None)  # progress means the blocks are allocated
-            if progress.done > last_done:
-                self._metrics.downloaded_bytes.inc(progress.done - last_done)
-            last_done = progress.done
+            self._metrics.downloaded_bytes.inc(progress.fetched - counted)
+            counted = progress.fetched
             if status.reason == "Retrying":
                 status.reason = status.message = ""
             status.progressed(progress.done, progress.total)

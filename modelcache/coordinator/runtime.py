@@ -67,7 +67,9 @@ async def running_coordinator(
         yield coordinator, f"http://{host}:{port}"
     finally:
         coordinator.ready.clear()
-        await runner.cleanup()  # phase 1: no new requests; long polls end
+        for record in registry.nodes.values():
+            record.changed.set()  # long polls answer now instead of holding the shutdown
+        await runner.cleanup()  # phase 1: no new requests
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

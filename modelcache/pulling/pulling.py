@@ -60,6 +60,8 @@ class PullProgress:
     file_total: int
     done: int
     total: int
+    fetched: int = 0
+    """Bytes that crossed the network in this run (`done` also counts what a resume kept)."""
 
 
 ProgressCallback = Callable[[PullProgress], None]
@@ -342,6 +344,7 @@ class _PullRun:
                     transfer.size,
                     self._done_bytes,
                     self._listing.total_bytes,
+                    self._fetched,
                 )
             )
 
