@@ -14,14 +14,20 @@ from pathlib import Path
 import aiohttp
 
 from modelcache.agent.settings import KubeAccess
-from modelcache.contract.errors import AccessDeniedError, TemporaryError
+from modelcache.contract.errors import AccessDeniedError, PermanentError, TemporaryError
 
 
 async def read_node_group(
     session: aiohttp.ClientSession, kube: KubeAccess, node: str, label: str
 ) -> str | None:
     """The value of `label` on Node `node`; None when the node carries no such label."""
-    headers, context = await asyncio.to_thread(_credentials, kube)
+    try:
+        headers, context = await asyncio.to_thread(_credentials, kube)
+    except OSError as e:
+        raise PermanentError(
+            f"cannot read the service-account token or CA ({e}): mount the token "
+            "(automountServiceAccountToken: true) or pass --node-group"
+        ) from e
     url = f"{kube.api_url}/api/v1/nodes/{node}"
     try:
         async with session.get(url, headers=headers, ssl=context or True) as response:
@@ -37,6 +43,10 @@ async def read_node_group(
             if response.status >= 400:
                 raise TemporaryError(f"reading Node {node} failed with {response.status}")
             body = await response.json()
+    except aiohttp.ContentTypeError as e:
+        raise TemporaryError(
+            f"{url} answered something other than JSON: is --kube-api an API server?"
+        ) from e
     except (aiohttp.ClientError, TimeoutError) as e:
         raise TemporaryError(f"cannot reach the API server at {kube.api_url}: {e}") from e
     labels = (body.get("metadata") or {}).get("labels") or {}

@@ -81,11 +81,14 @@ async def _maintain(keeper: ModelKeeper, settings: AgentSettings) -> None:
     while True:
         await asyncio.sleep(tick)
         keeper.reconcile()
-        if time.monotonic() - last_scan >= settings.rescan_interval:
-            last_scan = time.monotonic()
-            await keeper.rescan()
-        else:
-            await keeper.refresh_disk_metrics()
+        try:
+            if time.monotonic() - last_scan >= settings.rescan_interval:
+                last_scan = time.monotonic()
+                await keeper.rescan()
+            else:
+                await keeper.refresh_disk_metrics()
+        except OSError as e:  # a disk hiccup costs one scan, never the agent
+            log.warning("checking the cache at %s failed: %s; trying again", settings.cache_root, e)
 
 
 async def serve_until_cancelled(settings: AgentSettings) -> None:

@@ -49,7 +49,7 @@ class CoordinatorLink:
         self.registered = asyncio.Event()
         self.node_group: str | None = settings.node_group
         self.heartbeat = settings.heartbeat_interval or 10.0
-        self.last_report_ok: float | None = None
+        self._registered_group: str | None = None
 
     async def follow_desired(self) -> None:
         generation = -1  # unknown: the first poll answers at once
@@ -61,6 +61,9 @@ class CoordinatorLink:
                     generation = -1
                 desired = await self._client.desired(generation, self._settings.long_poll_seconds)
                 failures = 0
+                if await self._group_changed():
+                    self.registered.clear()  # register again with the new label
+                    continue
                 if desired.generation != generation:
                     generation = desired.generation
                     await asyncio.to_thread(self._layout.save_desired, desired)
@@ -116,17 +119,31 @@ class CoordinatorLink:
             "models": [model_report_to_raw(r) for r in self._keeper.reports()],
         }
         await self._client.report(self._keeper.applied_generation, body)
-        self.last_report_ok = time.monotonic()
+
+    async def _labelled_group(self) -> str | None:
+        """The group an explicit --node-group names, else the Node's label (in Kubernetes)."""
+        kube = self._settings.kube
+        if self._settings.node_group is not None or kube is None:
+            return self._settings.node_group
+        return await read_node_group(
+            self._session, kube, self._settings.node_name, self._settings.node_group_label
+        )
+
+    async def _group_changed(self) -> bool:
+        """A relabelled Node moves the agent to its new group (checked once per long poll)."""
+        if self._settings.node_group is not None or self._settings.kube is None:
+            return False
+        group = await self._labelled_group()
+        if group == self._registered_group:
+            return False
+        log.warning("node group label changed: %s -> %s", self._registered_group, group)
+        return True
 
     async def _register(self) -> None:
-        group = self._settings.node_group
-        kube = self._settings.kube
-        if group is None and kube is not None:
-            group = await read_node_group(
-                self._session, kube, self._settings.node_name, self._settings.node_group_label
-            )
+        group = await self._labelled_group()
         disk = await self._disk()
         answer = await self._client.register(group, self._settings.advertised_url, disk)
+        self._registered_group = group
         self.node_group = answer.get("nodeGroup")
         if self._settings.heartbeat_interval is None:
             self.heartbeat = float(answer["heartbeatSeconds"])
@@ -141,7 +158,10 @@ class CoordinatorLink:
         )
 
     async def _disk(self) -> Disk:
-        usage = await asyncio.to_thread(psutil.disk_usage, str(self._layout.models))
+        try:
+            usage = await asyncio.to_thread(psutil.disk_usage, str(self._layout.models))
+        except OSError as e:
+            raise TemporaryError(f"cannot read the cache disk's usage: {e}") from e
         self._metrics.disk_free_bytes.set(usage.free)
         self._metrics.disk_capacity_bytes.set(usage.total)
         return Disk(usage.total, usage.free)
