@@ -186,7 +186,7 @@ async def test_a_relabelled_node_moves_to_its_new_group(
     fake_kube.patch("nodes", H100, {"metadata": {"labels": {LABEL: "a100"}}})
 
     async def moved() -> bool:
-        return (await _registered_groups(kube_cluster))[H100] == "a100"
+        return bool((await _registered_groups(kube_cluster))[H100] == "a100")
 
     await eventually(moved, "the agent registered again with its new group", 10)
     await eventually(lambda: kube_cluster.holds_model(H100), "it pulled the a100 cache", 10)
