@@ -23,12 +23,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Origin, coordinator and three agents under ./.run/, the examples applied; Ctrl-C stops them.
 run: $(STAMP)
-	@echo "make run starts the coordinator, a local origin and three agents; it arrives with the agent (issue 4)."
-	@echo "Until then, pull a model by hand:  $(BIN)/modelcache pull hf://OWNER/MODEL ./model"
+	$(BIN)/python -m modelcache.devrun
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pull_bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .run .mypy_cache .pytest_cache .ruff_cache

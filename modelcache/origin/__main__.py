@@ -1,6 +1,7 @@
 """`python -m modelcache.origin`: serve model folders the way the Hugging Face Hub would.
 
     python -m modelcache.origin --generate-demo /tmp/demo --ready-file /tmp/origin.url
+    python -m modelcache.origin --generate-demo /tmp/d --demo-repo-id acme/tiny --demo-size 9000000
     python -m modelcache.origin --repo acme/llama=/models/llama --token s3cret --gated acme/llama
 
 Prints `origin listening on http://HOST:PORT` once it accepts connections and runs until
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .repos import load_file, load_repo
 from .server import Origin, start_origin
-from .synthetic import DEMO_REPO_ID, default_demo_files, write_synthetic_repo
+from .synthetic import DEMO_REPO_ID, DEMO_SIZE, demo_files, write_synthetic_repo
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class OriginSettings:
     repos: tuple[tuple[str, Path], ...]
     plain_files: tuple[tuple[str, Path], ...]
     demo_dir: Path | None
+    demo_repo_id: str
+    demo_size: int
     host: str
     port: int
     rate_per_connection: int | None
@@ -59,7 +62,20 @@ def _parse(argv: Sequence[str] | None) -> OriginSettings:
         "--generate-demo",
         type=Path,
         metavar="DIR",
-        help=f"write a ~40 MiB demo model into DIR unless it is there; serve it as {DEMO_REPO_ID}",
+        help="write a synthetic demo model into DIR unless it is there, and serve it",
+    )
+    parser.add_argument(
+        "--demo-repo-id",
+        default=DEMO_REPO_ID,
+        metavar="OWNER/MODEL",
+        help=f"the id the demo model is served as (default {DEMO_REPO_ID})",
+    )
+    parser.add_argument(
+        "--demo-size",
+        type=int,
+        default=DEMO_SIZE,
+        metavar="BYTES",
+        help=f"the demo model's total size (default {DEMO_SIZE}, 40 MiB)",
     )
     parser.add_argument(
         "--file", action="append", default=[], metavar="NAME=PATH", help="serve at /files/NAME"
@@ -84,7 +100,16 @@ def _parse(argv: Sequence[str] | None) -> OriginSettings:
     rate = args.rate_per_connection
     if rate is not None and rate <= 0:
         parser.error(f"--rate-per-connection must be > 0 bytes/s, got {rate}")
-    known = {repo_id for repo_id, _ in repos} | ({DEMO_REPO_ID} if args.generate_demo else set())
+    if args.demo_repo_id.count("/") != 1 or "" in args.demo_repo_id.split("/"):
+        parser.error(f"--demo-repo-id wants OWNER/MODEL, got {args.demo_repo_id!r}")
+    try:
+        demo_files(args.demo_size)
+    except ValueError as e:
+        parser.error(f"--demo-size: {e}")
+    demo_id = {args.demo_repo_id} if args.generate_demo else set()
+    if demo_id & {repo_id for repo_id, _ in repos}:
+        parser.error(f"--repo and --demo-repo-id both serve {args.demo_repo_id}: rename one")
+    known = {repo_id for repo_id, _ in repos} | demo_id
     unknown = set(args.gated) - known
     if unknown:
         parser.error(f"--gated names repos that are not served: {', '.join(sorted(unknown))}")
@@ -94,6 +119,8 @@ def _parse(argv: Sequence[str] | None) -> OriginSettings:
         repos=repos,
         plain_files=plain_files,
         demo_dir=args.generate_demo,
+        demo_repo_id=args.demo_repo_id,
+        demo_size=args.demo_size,
         host=args.host,
         port=args.port,
         rate_per_connection=rate,
@@ -137,8 +164,8 @@ def _build_origin(settings: OriginSettings) -> Origin:
     origin = Origin(tokens=set(settings.tokens), per_connection_rate=settings.rate_per_connection)
     repos = list(settings.repos)
     if settings.demo_dir is not None:
-        _ensure_demo(settings.demo_dir)
-        repos.append((DEMO_REPO_ID, settings.demo_dir))
+        _ensure_demo(settings.demo_dir, demo_files(settings.demo_size))
+        repos.append((settings.demo_repo_id, settings.demo_dir))
     for repo_id, directory in repos:
         origin.add_repo(
             load_repo(repo_id, directory, gated=repo_id in settings.gated, xet=settings.xet)
@@ -150,8 +177,7 @@ def _build_origin(settings: OriginSettings) -> Origin:
     return origin
 
 
-def _ensure_demo(directory: Path) -> None:
-    wanted = default_demo_files()
+def _ensure_demo(directory: Path, wanted: dict[str, int]) -> None:
     present = all(
         (directory / path).is_file() and (directory / path).stat().st_size == size
         for path, size in wanted.items()

@@ -26,6 +26,9 @@ DEMO_REPO_ID = "demo/tiny-llama"
 
 _BLOCK = 1 << 20
 _SAFETENSORS_HEADER = 128  # bytes of JSON, space-padded; a multiple of 8 as the format likes
+DEMO_SIZE = 40 * _BLOCK
+_DEMO_CONFIG, _DEMO_TOKENIZER = 712, 1_572_864
+DEMO_MIN_SIZE = _DEMO_CONFIG + _DEMO_TOKENIZER + 8 + _SAFETENSORS_HEADER
 _JSON_FIELDS: dict[str, object] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -79,10 +82,21 @@ def synthetic_content(path: str, size: int, *, seed: int = 0) -> Iterator[bytes 
 
 def default_demo_files() -> dict[str, int]:
     """A small model to demo with: a config, a tokenizer and ~40 MiB of safetensors weights."""
+    return demo_files(DEMO_SIZE)
+
+
+def demo_files(total_bytes: int) -> dict[str, int]:
+    """The demo model's files at `total_bytes` in all: the weights take what the config and
+    tokenizer leave, so a stand-in can match the `modelSize` a cache declares byte for byte."""
+    if total_bytes < DEMO_MIN_SIZE:
+        raise ValueError(
+            f"a demo model needs at least {DEMO_MIN_SIZE} bytes (config, tokenizer and a "
+            f"safetensors header), got {total_bytes}"
+        )
     return {
-        "config.json": 712,
-        "tokenizer.json": 1_572_864,
-        "model.safetensors": 40 * _BLOCK - 712 - 1_572_864,
+        "config.json": _DEMO_CONFIG,
+        "tokenizer.json": _DEMO_TOKENIZER,
+        "model.safetensors": total_bytes - _DEMO_CONFIG - _DEMO_TOKENIZER,
     }
 
 
