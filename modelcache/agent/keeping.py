@@ -20,6 +20,7 @@ from aiolimiter import AsyncLimiter
 
 from modelcache.agent.failures import is_temporary, reason_of
 from modelcache.agent.layout import CacheLayout
+from modelcache.agent.memory import release_freed_memory
 from modelcache.agent.metrics import AgentMetrics
 from modelcache.agent.model_states import ModelStatus
 from modelcache.agent.settings import AgentSettings
@@ -260,6 +261,9 @@ class ModelKeeper:
             )
         finally:
             self._reserved.pop(key, None)
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():  # a cancelled pull just stops
+                await asyncio.to_thread(release_freed_memory)
 
     async def _reserve(self, want: WantedModel, dest: Path) -> None:
         """Refuse a pull the disk cannot hold, counting space that running pulls will take."""
