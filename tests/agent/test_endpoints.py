@@ -17,8 +17,10 @@ async def _pulled(cluster: Cluster, **overrides: object) -> tuple[AgentState, st
     await cluster.api.put(node_group("a100", "10Gi"))
     await cluster.start_agent("gpu-a100-0", "a100", **overrides)
     await cluster.api.put(cache("tiny", REPO_URI, "10Mi", "a100"))
-    await eventually(lambda: cluster.holds_model("gpu-a100-0"), "pulled")
-    return cluster.agents["gpu-a100-0"]
+    state, url = cluster.agents["gpu-a100-0"]
+    held = state.keeper.statuses
+    await eventually(lambda: KEY in held and held[KEY].state == "ModelDownloaded", "pulled")
+    return state, url
 
 
 def _sample(text: str, name: str) -> float:

@@ -131,9 +131,9 @@ async def test_temporary_failures_are_retried_and_visible(cluster: Cluster) -> N
     assert rule.hits >= 1
     cluster.hub.origin.faults.clear()
     await eventually(
-        lambda: cluster.holds_model("gpu-a100-0"), "it succeeded once the source healed"
+        lambda: _state(agent) == ("ModelDownloaded", "", ""), "it succeeded once the source healed"
     )
-    assert _state(agent) == ("ModelDownloaded", "", "")
+    assert cluster.holds_model("gpu-a100-0")
 
 
 async def test_permanent_errors_stay_until_the_retry_interval(
@@ -208,7 +208,7 @@ async def test_files_damaged_behind_its_back_are_pulled_again(cluster: Cluster) 
     os.utime(config, (future, future))
     agent = await cluster.start_agent("gpu-a100-0", "a100")
     await eventually(lambda: cluster.holds_model("gpu-a100-0"), "edit repaired", 10)
-    assert _state(agent)[0] == "ModelDownloaded"
+    await eventually(lambda: _state(agent)[0] == "ModelDownloaded", "reported again")
 
 
 async def test_restart_reports_held_models_at_once_without_fetching(cluster: Cluster) -> None:

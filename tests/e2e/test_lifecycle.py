@@ -108,7 +108,9 @@ async def test_the_pull_finishes_while_the_coordinator_is_away(cluster: Cluster)
     await cluster.stop_coordinator()
     await eventually(lambda: cluster.holds_model("gpu-a100-0"), "the pull finished alone", 20)
     state, _ = cluster.agents["gpu-a100-0"]
-    assert [r.state for r in state.keeper.reports()] == ["ModelDownloaded"]
+    await eventually(
+        lambda: [r.state for r in state.keeper.reports()] == ["ModelDownloaded"], "held"
+    )
 
     await cluster.start_coordinator()
 
