@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from modelcache.contract.errors import ModelCacheError, UsageError
 from modelcache.coordinator.runtime import serve_until_cancelled
@@ -23,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with asyncio.Runner() as runner:
+    with _rare_full_collections(), asyncio.Runner() as runner:
         loop = runner.get_loop()
         task = loop.create_task(serve_until_cancelled(settings), name="modelcache-coordinator")
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,6 +38,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"modelcache-coordinator: error: {e}", file=sys.stderr)
             return 1
     return 0
+
+
+# Young collections after 10,000 new objects (not 700), full ones after 100 of those (not ~10).
+GC_THRESHOLDS = (10_000, 5, 100)
+
+
+@contextlib.contextmanager
+def _rare_full_collections() -> Iterator[None]:
+    """At 10,000 nodes the coordinator holds some 250,000 objects the cyclic collector tracks (the
+    nodes' model reports, mostly), and every agent report replaces a few of them. With Python's
+    default thresholds that ran a full collection every 2-3 s under load, each stopping the event
+    loop for 100-200 ms: the p99 of every request. Our data is acyclic and freed by reference
+    counting (under load the collector found ~50 cyclic objects a second), so collect rarely."""
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 async def _await(task: asyncio.Task[None]) -> None:

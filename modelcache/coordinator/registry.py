@@ -33,6 +33,7 @@ from modelcache.coordinator.statuses import (
     Timing,
     cache_status,
     group_status,
+    group_usage,
     local_model_node,
 )
 
@@ -90,7 +91,7 @@ class Registry:
         self._ready: dict[str, bool] = {}
         # REST serves cache statuses from here: (version, monotonic time, JSON bytes).
         self._rendered: dict[str, tuple[int, float, bytes]] = {}
-        self._statuses: dict[str, tuple[int, JsonObject]] = {}  # cache -> (version, status)
+        self._statuses: dict[str, tuple[int, float, JsonObject]] = {}  # the same, as objects
         self._aggregates: dict[str, CacheAggregate] = {}
         # Nodes whose entry in a cache's aggregate must be recomputed; None: rebuild it all.
         self._pending: dict[str, set[str] | None] = {}
@@ -275,35 +276,47 @@ class Registry:
         return current
 
     def cache_with_status(self, name: str) -> JsonObject:
+        return {**self.cache_objects[name], "status": self._cache_status(name, 0.0)[2]}
+
+    def _cache_status(self, name: str, max_age: float) -> tuple[int, float, JsonObject]:
+        """(version, time, status) of the cache's last rendering, rendered again when the cache
+        changed since and that rendering is at least `max_age` seconds old."""
         cache = self.caches[name]
         version = self.dirty.versions.get(name, 0)
         cached = self._statuses.get(name)
-        if cached is not None and cached[0] == version and not cache.deleting:
-            status = cached[1]
-        else:
-            previous = self.cache_objects[name].get("status") or {}
-            status = cache_status(
-                cache,
-                self.placement,
-                self.aggregate(name),
-                self.conditions,
-                list(previous.get("inferenceServices") or []),
-                self._deleting_message(cache) if cache.deleting else "",
-            )
-            self._statuses[name] = (version, status)
-        return {**self.cache_objects[name], "status": status}
+        now = self._clock()
+        if (
+            cached is not None
+            and not cache.deleting
+            and (cached[0] == version or now - cached[1] < max_age)
+        ):
+            return cached
+        previous = self.cache_objects[name].get("status") or {}
+        status = cache_status(
+            cache,
+            self.placement,
+            self.aggregate(name),
+            self.conditions,
+            list(previous.get("inferenceServices") or []),
+            self._deleting_message(cache) if cache.deleting else "",
+        )
+        self._statuses[name] = rendered = (version, now, status)
+        return rendered
 
     def cache_json(self, name: str, max_age: float) -> bytes:
         """The cache with its status as JSON, re-rendered only when it changed and the last
-        rendering is older than `max_age` seconds: with 10,000 nodes one rendering costs tens of
-        milliseconds, and under a stream of reports every cache changes all the time."""
+        rendering is older than `max_age` seconds: with 10,000 nodes one rendering costs
+        milliseconds, and under a stream of reports every cache changes all the time. A status
+        the writer rendered for the store counts as a rendering too."""
         version = self.dirty.versions.get(name, 0)
         rendered = self._rendered.get(name)
-        now = self._clock()
-        if rendered is not None and (rendered[0] == version or now - rendered[1] < max_age):
+        if rendered is not None and (
+            rendered[0] == version or self._clock() - rendered[1] < max_age
+        ):
             return rendered[2]
-        body = orjson.dumps(self.cache_with_status(name))
-        self._rendered[name] = (version, now, body)
+        status_version, rendered_at, status = self._cache_status(name, max_age)
+        body = orjson.dumps({**self.cache_objects[name], "status": status})
+        self._rendered[name] = (status_version, rendered_at, body)
         return body
 
     def _deleting_message(self, cache: ModelCache) -> str:
@@ -350,31 +363,27 @@ class Registry:
     def nodegroup_summary(self, name: str) -> JsonObject:
         members = self.members(name)
         group = self.groups.get(name)
-        disk_capacity = sum(r.report.disk.capacity_bytes for r in members if r.report)
+        now, timeout = self._clock(), self.heartbeat_timeout
+        nodes: list[JsonObject] = []
+        disk_capacity = 0
+        for r in members:  # one plain loop: a group may have thousands of nodes
+            disk = None
+            if r.report is not None:
+                capacity = r.report.disk.capacity_bytes
+                disk = {"capacityBytes": capacity, "freeBytes": r.report.disk.free_bytes}
+                disk_capacity += capacity
+            nodes.append(
+                {"name": r.name, "ready": r.not_ready_for(now, timeout) is None, "disk": disk}
+            )
         summary: JsonObject = {
             "nodeGroup": name,
             "exists": group is not None,
-            "nodes": [
-                {
-                    "name": r.name,
-                    "ready": r.not_ready_for(self._clock(), self.heartbeat_timeout) is None,
-                    "disk": (
-                        {
-                            "capacityBytes": r.report.disk.capacity_bytes,
-                            "freeBytes": r.report.disk.free_bytes,
-                        }
-                        if r.report
-                        else None
-                    ),
-                }
-                for r in members
-            ],
+            "nodes": nodes,
             "diskCapacityBytes": disk_capacity,
         }
         if group is not None:
             summary["storageLimit"] = group.storage_limit_text
-            status = group_status(group, self.placement, members)
-            summary.update(used=status["used"], available=status["available"])
+            summary.update(group_usage(group, self.placement))
         models: list[Mapping[str, Any]] = []
         for desired in self.placement.models_by_group.get(name, ()):
             states = dict(self.aggregate(desired.caches[0]).buckets.get(name, {}))

@@ -7,7 +7,6 @@ Bad input never yields a 500: malformed bodies answer 400, invalid objects 422, 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from modelcache.contract.agent_wire import RawDesired, parse_registration, parse
 from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
 from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
 from modelcache.coordinator.openapi import OPENAPI
-from modelcache.coordinator.service import Coordinator
+from modelcache.coordinator.service import Coordinator, Pauser
 from modelcache.coordinator.stores.base import ObjectConflictError, ObjectNotFoundError
 
 log = logging.getLogger(__name__)
@@ -63,15 +62,25 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def _body(request: web.Request) -> Any:
+    if "yaml" not in request.content_type:  # agents report thousands of times a second
+        raw = await request.read()
+        if not raw.strip():
+            raise _empty()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise UsageError(f"the request body is not valid {_format(request)}: {e}") from e
     text = await request.text()
     if not text.strip():
-        raise UsageError("the request body is empty: send a JSON or YAML object")
+        raise _empty()
     try:
-        if "yaml" in request.content_type:
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
         raise UsageError(f"the request body is not valid {_format(request)}: {e}") from e
+
+
+def _empty() -> UsageError:
+    return UsageError("the request body is empty: send a JSON or YAML object")
 
 
 def _format(request: web.Request) -> str:
@@ -89,7 +98,12 @@ async def list_caches(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     max_age = coordinator.settings.status_render_max_age
     registry = coordinator.registry
-    items = b",".join(registry.cache_json(n, max_age) for n in sorted(registry.caches))
+    rendered, pause = [], Pauser()
+    for name in sorted(registry.caches):
+        if name in registry.caches:  # not deleted while other requests ran
+            rendered.append(registry.cache_json(name, max_age))
+        await pause.now_and_then()
+    items = b",".join(rendered)
     head = b'{"apiVersion":"%s","kind":"LocalModelCacheList","metadata":{},"items":[' % (
         API_VERSION.encode()
     )

@@ -23,11 +23,26 @@ from modelcache.contract.objects import (
 )
 from modelcache.coordinator.metrics import CoordinatorMetrics
 from modelcache.coordinator.nodes import NodeRecord
-from modelcache.coordinator.registry import Registry
+from modelcache.coordinator.registry import Dirty, Registry
 from modelcache.coordinator.settings import CoordinatorSettings
 from modelcache.coordinator.stores.base import ObjectNotFoundError, StatusBatch, Store
 
 log = logging.getLogger(__name__)
+SLICE_SECONDS = 0.005  # longest stretch of status rendering between two chances for requests
+
+
+class Pauser:
+    """Lets requests in during a long synchronous stretch: at 10,000 nodes a reconcile tick has
+    thousands of objects to render, and one unbroken slice of that would stall every request."""
+
+    def __init__(self, slice_seconds: float = SLICE_SECONDS) -> None:
+        self.slice_seconds = slice_seconds
+        self._since = time.perf_counter()
+
+    async def now_and_then(self) -> None:
+        if time.perf_counter() - self._since >= self.slice_seconds:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()
 
 
 class Coordinator:
@@ -128,28 +143,41 @@ class Coordinator:
         dirty = registry.dirty.take()
         dirty_since, self._dirty_since = self._dirty_since, None
         batch = StatusBatch()
-        for name in dirty.caches & registry.caches.keys():
-            self._stage(batch.caches, "cache", name, registry.cache_with_status(name)["status"])
-            await asyncio.sleep(0)  # let requests in between caches: each may be large
-        for name in dirty.groups & registry.groups.keys():
-            self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])
-        for name in dirty.nodes & registry.nodes.keys():
-            self._stage(batch.nodes, "node", name, registry.node_object(name))
-            batch.agents[name] = registry.nodes[name].as_raw()
-        batch.removed_nodes = dirty.removed_nodes - registry.nodes.keys()
-        for name in batch.removed_nodes:
-            self._written.pop(("node", name), None)
-        if batch:
-            try:
-                await self.store.write(batch)
-            except BaseException:
-                _restore(registry, dirty, self._written, batch)
-                raise
+        try:
+            await self._stage_and_write(dirty, batch)
+        except BaseException:  # a failed write, or cancelled mid-tick: all of it is still to do
+            _restore(registry, dirty, self._written, batch)
+            raise
         if dirty_since is not None:
             self.metrics.aggregation_lag.set(time.monotonic() - dirty_since)
         self.metrics.objects.labels("LocalModelCache").set(len(registry.caches))
         self.metrics.objects.labels("LocalModelNodeGroup").set(len(registry.groups))
         self.metrics.objects.labels("LocalModelNode").set(len(registry.nodes))
+
+    async def _stage_and_write(self, dirty: Dirty, batch: StatusBatch) -> None:
+        registry, store, pause = self.registry, self.store, Pauser()
+        # Requests run in between (the pauses), so every name is looked up again: it may be gone.
+        for name in dirty.caches:
+            if name in registry.caches:
+                status = registry.cache_with_status(name)["status"]
+                self._stage(batch.caches, "cache", name, status)
+            await pause.now_and_then()
+        for name in dirty.groups & registry.groups.keys():
+            self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])
+        for name in dirty.nodes:
+            if name not in registry.nodes:
+                continue
+            if store.keeps_node_objects:
+                self._stage(batch.nodes, "node", name, registry.node_object(name))
+            if store.keeps_agent_records:
+                self._stage(batch.agents, "agent", name, registry.nodes[name].as_raw())
+            await pause.now_and_then()
+        batch.removed_nodes = dirty.removed_nodes - registry.nodes.keys()
+        for name in batch.removed_nodes:
+            self._written.pop(("node", name), None)
+            self._written.pop(("agent", name), None)
+        if batch:
+            await store.write(batch)
 
     def _stage(self, into: dict[str, JsonObject], kind: str, name: str, value: JsonObject) -> None:
         comparable = _without_times(value)
@@ -200,13 +228,19 @@ def _without_times(value: JsonObject) -> Any:
 
 
 def _restore(
-    registry: Registry, dirty: Any, written: dict[tuple[str, str], Any], batch: StatusBatch
+    registry: Registry, dirty: Dirty, written: dict[tuple[str, str], Any], batch: StatusBatch
 ) -> None:
     """A failed write must be retried: put the work back and forget what we thought we wrote."""
     registry.dirty.caches |= dirty.caches
     registry.dirty.groups |= dirty.groups
     registry.dirty.nodes |= dirty.nodes
     registry.dirty.removed_nodes |= dirty.removed_nodes
-    for kind, names in (("cache", batch.caches), ("group", batch.groups), ("node", batch.nodes)):
+    staged = (
+        ("cache", batch.caches),
+        ("group", batch.groups),
+        ("node", batch.nodes),
+        ("agent", batch.agents),
+    )
+    for kind, names in staged:
         for name in names:
             written.pop((kind, name), None)

@@ -124,13 +124,19 @@ def _cache_conditions(
 def group_status(
     group: NodeGroup, placement: Placement, members: Iterable[NodeRecord]
 ) -> JsonObject:
-    used = placement.used_by_group.get(group.name, 0)
     models = placement.models_by_group.get(group.name, ())
+    return {
+        **group_usage(group, placement),
+        "nodes": sorted(r.name for r in members),
+        "models": sorted(name for m in models for name in m.caches),
+    }
+
+
+def group_usage(group: NodeGroup, placement: Placement) -> JsonObject:
+    used = placement.used_by_group.get(group.name, 0)
     return {
         "used": byte_quantity(used),
         "available": byte_quantity(max(group.storage_limit - used, 0)),
-        "nodes": sorted(r.name for r in members),
-        "models": sorted(name for m in models for name in m.caches),
     }
 
 
@@ -189,4 +195,11 @@ def _model_detail(record: NodeRecord, storage_key: str) -> JsonObject:
     return detail
 
 
-__all__ = ["ConditionBook", "Timing", "cache_status", "format_time", "group_status"]
+__all__ = [
+    "ConditionBook",
+    "Timing",
+    "cache_status",
+    "format_time",
+    "group_status",
+    "group_usage",
+]

@@ -41,6 +41,10 @@ class StatusBatch:
 
 class Store(Protocol):
     name: str
+    keeps_node_objects: bool
+    """`write` persists `StatusBatch.nodes` (LocalModelNode objects): the kube store does."""
+    keeps_agent_records: bool
+    """`write` persists `StatusBatch.agents`: the embedded store does, and derives the nodes."""
 
     async def load(self, registry: Registry) -> None:
         """Load every object into the registry."""

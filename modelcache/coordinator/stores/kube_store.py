@@ -65,6 +65,8 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 class KubeStore:
     name = "kube"
+    keeps_node_objects = True
+    keeps_agent_records = False  # LocalModelNode objects are its record of each node
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings

@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 class SqliteStore:
     name = "sqlite"
+    keeps_node_objects = False
+    keeps_agent_records = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
