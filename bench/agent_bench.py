@@ -49,6 +49,7 @@ from typing import Any
 
 import psutil
 
+from bench.measured_revision import measured_revision
 from modelcache.contract.objects import CACHE_KIND
 from modelcache.contract.quantities import format_bytes, parse_bytes
 from modelcache.contract.storage_keys import storage_key
@@ -141,7 +142,7 @@ def main() -> int:
         files = _repo_files(args.size, args.shards)
         total = sum(files.values())
         _check_disk(workdir, files, total)
-        print(f"agent at {_revision()}")
+        print(f"agent at {measured_revision()}")
         print(
             f"agent bench: repo {len(files)} files, {format_bytes(total)} ({total:,} bytes), "
             f"{args.idle_seconds:g} s idle phases, {args.repeat} run(s), workdir {workdir}, "
@@ -570,20 +571,6 @@ def _meminfo(name: str) -> int:
     return 0
 
 
-def _revision() -> str:
-    """The commit measured, and whether modelcache/ differs from it (the code is edited live)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "modelcache"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "an unknown revision (no git)"
-    return f"{commit or 'unknown'}{' + uncommitted changes in modelcache/' if changed else ''}"
-
-
 def _print_run(number: int, f: Figures) -> None:
     print(
         f"  run {number}: idle RSS {f['idle_rss_median_mib']:.1f} MiB "
@@ -661,7 +648,7 @@ def _report(args: argparse.Namespace, runs: list[Figures], total: int) -> None:
     on_disk = {r["on_disk_bytes"] for r in runs} | {r["reported_bytes"] for r in runs}
     exit_codes = {r["exit_code"] for r in runs}
     print(f"\ncommand: .venv/bin/python -m bench.agent_bench {' '.join(sys.argv[1:])}")
-    print(f"agent at {_revision()}")
+    print(f"agent at {measured_revision()}")
     print(
         f"repo {format_bytes(total)} in {args.shards} shards; medians over {len(runs)} run(s)"
         + (" (min-max)" if len(runs) > 1 else "")

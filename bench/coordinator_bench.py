@@ -36,7 +36,6 @@ import math
 import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -50,6 +49,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.coordinator_load import agent_name
+from bench.measured_revision import measured_revision
 from modelcache.contract.objects import CACHE_KIND
 
 PY = sys.executable
@@ -133,7 +133,7 @@ def main() -> int:
     args = _parse()
     layout = Layout.build(args.agents, args.groups, args.caches)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"coordinator at {_revision()}")
+    print(f"coordinator at {measured_revision()}")
     pace = f"{args.rate:g} reports/s open loop" if args.rate else "closed loop"
     print(
         f"coordinator load: {args.agents} agents in {args.groups} groups, {args.caches} caches "
@@ -147,20 +147,6 @@ def main() -> int:
     runs = [asyncio.run(_run(args, layout, i + 1)) for i in range(args.repeat)]
     _report(args, runs)
     return 0
-
-
-def _revision() -> str:
-    """The commit measured, and whether modelcache/ differs from it (the code is edited live)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "modelcache"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "an unknown revision (no git)"
-    return f"{commit or 'unknown'}{' + uncommitted changes in modelcache/' if changed else ''}"
 
 
 def _parse() -> argparse.Namespace:
@@ -758,7 +744,7 @@ def _report(args: argparse.Namespace, runs: list[Figures]) -> None:
         print(f"  {label:<52} {value:>22}  {target:<12} {verdict}")
 
     print(f"\ncommand: .venv/bin/python -m bench.coordinator_bench {' '.join(sys.argv[1:])}")
-    print(f"coordinator at {_revision()}")
+    print(f"coordinator at {measured_revision()}")
     print(f"medians over {len(runs)} run(s); probe latency is client-side, open loop\n")
     row("figure", "value", "target")
     rate = m("reports_per_s")

@@ -11,6 +11,7 @@ from pathlib import Path
 from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import DEFAULT_NODE_GROUP_LABEL, check_group_name
 from modelcache.contract.quantities import parse_bytes, parse_rate
+from modelcache.contract.service_process import parse_listen
 from modelcache.pulling import PullSettings, SourceCredentials
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -71,13 +72,6 @@ class AgentSettings:
     def advertised_url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "", "::") else self.node_name
         return f"http://{host}:{self.port}"
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError(f"--listen {text!r}: write HOST:PORT, e.g. 0.0.0.0:9090")
-    return host or "0.0.0.0", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +150,7 @@ def settings_from(
             check_group_name(group, "--node-group")
         except ValueError as e:
             raise UsageError(str(e)) from e
-    host, port = _listen(pick("listen") or "0.0.0.0:9090")
+    host, port = parse_listen(pick("listen") or "0.0.0.0:9090")
     min_free = size("min_free")
     pull = PullSettings(
         concurrency=int(number("concurrency", 16)),

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 
-from modelcache.contract.errors import ModelCacheError, UsageError
+from modelcache.contract.errors import UsageError
+from modelcache.contract.service_process import run_until_signalled
 from modelcache.coordinator.runtime import serve_until_cancelled
 from modelcache.coordinator.settings import settings_from
 
@@ -25,19 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with _rare_full_collections(), asyncio.Runner() as runner:
-        loop = runner.get_loop()
-        task = loop.create_task(serve_until_cancelled(settings), name="modelcache-coordinator")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            runner.run(_await(task))
-        except asyncio.CancelledError:
-            return 0
-        except ModelCacheError as e:
-            print(f"modelcache-coordinator: error: {e}", file=sys.stderr)
-            return 1
-    return 0
+    with _rare_full_collections():
+        return run_until_signalled(serve_until_cancelled(settings), "modelcache-coordinator")
 
 
 # Young collections after 10,000 new objects (not 700), full ones after 100 of those (not ~10).
@@ -57,10 +45,6 @@ def _rare_full_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
-
-
-async def _await(task: asyncio.Task[None]) -> None:
-    await task
 
 
 if __name__ == "__main__":

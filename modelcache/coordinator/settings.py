@@ -10,6 +10,7 @@ from pathlib import Path
 
 from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import DEFAULT_NODE_GROUP_LABEL
+from modelcache.contract.service_process import parse_listen
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +48,6 @@ def parse_store(text: str, kubeconfig: str | None) -> StoreSettings:
     if text.startswith("sqlite:") and len(text) > len("sqlite:"):
         return StoreSettings("sqlite", sqlite_path=Path(text.removeprefix("sqlite:")))
     raise UsageError(f"--store {text!r}: use sqlite:PATH (embedded) or kube (Kubernetes API)")
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError(f"--listen {text!r}: write HOST:PORT, e.g. 0.0.0.0:8080")
-    return host or "0.0.0.0", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +95,7 @@ def settings_from(
         return number
 
     store = parse_store(pick("store") or "sqlite:.modelcache/coordinator.db", pick("kubeconfig"))
-    host, port = _listen(pick("listen") or "127.0.0.1:8080")
+    host, port = parse_listen(pick("listen") or "127.0.0.1:8080")
     heartbeat_timeout = seconds("heartbeat_timeout", 30.0)
     settings = CoordinatorSettings(
         store=store,
