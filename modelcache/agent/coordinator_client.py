@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -17,15 +21,63 @@ from modelcache.contract.agent_wire import (
 )
 from modelcache.contract.errors import ModelCacheError, PermanentError, TemporaryError
 
+REREAD_SECONDS = 60.0
+"""How long a token read from --token-file is used before the file is read again. Kubelet
+rewrites a projected token at 80% of its lifetime (>= 10 minutes), the old one staying valid."""
+
 
 class NotRegisteredError(TemporaryError):
     """The coordinator does not know this node (it restarted or forgot it): register again."""
 
 
+class CoordinatorRefusedError(PermanentError):
+    """The coordinator refused this agent's token (401/403): only a new token or a corrected
+    configuration helps, but the agent keeps trying (the file may be fixed, or rotate)."""
+
+
+class TokenFile:
+    """The node's bearer token, read from a file that may change under us (rotation)."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._token: str | None = None
+        self._read_at = 0.0
+
+    async def headers(self) -> dict[str, str]:
+        if self.path is None:
+            return {}
+        now = self._clock()
+        if self._token is None or now - self._read_at >= REREAD_SECONDS:
+            try:
+                token = (await asyncio.to_thread(self.path.read_text)).strip()
+            except OSError as e:
+                raise TemporaryError(
+                    f"cannot read the token file {self.path} ({e}): the coordinator takes no "
+                    "registration or report from this agent without it; retrying"
+                ) from e
+            if not token:
+                raise TemporaryError(f"the token file {self.path} is empty; retrying")
+            self._token, self._read_at = token, now
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def forget(self) -> None:
+        """Read the file again before the next call (the coordinator refused what we sent)."""
+        self._token = None
+
+
 class CoordinatorClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, node: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        node: str,
+        token: TokenFile | None = None,
+    ) -> None:
         self._session = session
         self._base = f"{base_url}/v1/agents/{node}"
+        self._node = node
+        self._token = token or TokenFile(None)
         self.base_url = base_url
 
     async def register(self, node_group: str | None, address: str, disk: Disk) -> RawRegistered:
@@ -62,16 +114,22 @@ class CoordinatorClient:
         seconds: float | None = None,
     ) -> Any:
         url = self._base + path
+        headers = await self._token.headers()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             async with self._session.request(
                 method,
                 url,
                 params=query,
                 data=orjson.dumps(body) if body is not None else None,
-                headers={"Content-Type": "application/json"} if body is not None else None,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=seconds) if seconds else None,
             ) as response:
                 text = await response.text()
+                if response.status in (401, 403):
+                    self._token.forget()
+                    raise self._refused(response.status, method, path, _error_of(text))
                 if response.status == 404:
                     raise NotRegisteredError(f"coordinator does not know this node: {text[:200]}")
                 if response.status >= 500 or response.status == 429:
@@ -90,6 +148,24 @@ class CoordinatorClient:
                 f"coordinator at {self.base_url} unreachable ({type(e).__name__}: {e}); "
                 "retrying; pulls go on meanwhile"
             ) from e
+
+    def _refused(self, status: int, method: str, path: str, error: str) -> CoordinatorRefusedError:
+        sent = f"the token in {self._token.path}" if self._token.path else "no token"
+        if status == 401:
+            remedy = (
+                f"this agent sent {sent}: give it node {self._node}'s token with --token-file "
+                "(standalone: the node's entry in the coordinator's --agent-tokens file; "
+                "Kubernetes: the projected service account token, audience modelcache)"
+            )
+        else:
+            remedy = (
+                f"this agent sent {sent} for node {self._node}: check that --node-name is the "
+                "node the token was issued for"
+            )
+        return CoordinatorRefusedError(
+            f"coordinator at {self.base_url} refused {method} {path} ({status}): {error}. "
+            f"{remedy}; retrying with backoff"
+        )
 
 
 def _error_of(text: str) -> str:

@@ -15,6 +15,8 @@ from modelcache.contract.service_process import parse_listen
 from modelcache.pulling import PullSettings, SourceCredentials
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_TOKEN_FILE = Path("/var/run/secrets/tokens/modelcache-token")
+"""Where the DaemonSet projects the agent's service account token (audience `modelcache`)."""
 _PULL_DEFAULTS = PullSettings()
 
 
@@ -36,6 +38,8 @@ class AgentSettings:
     """Given: used as is (standalone). None: read from the Node's label (in Kubernetes)."""
     node_group_label: str = DEFAULT_NODE_GROUP_LABEL
     kube: KubeAccess | None = None
+    token_file: Path | None = None
+    """The node's token for the coordinator, re-read as it rotates; None sends none."""
     host: str = "0.0.0.0"
     port: int = 9090
     max_parallel_pulls: int = 2
@@ -89,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--node-group-label", help=f"node label with the group (default {DEFAULT_NODE_GROUP_LABEL})"
     )
     parser.add_argument("--kube-api", help="API server URL (default: in-cluster)")
+    parser.add_argument(
+        "--token-file",
+        help=f"the node's token for the coordinator, sent as a bearer token and re-read when "
+        f"it changes (default {DEFAULT_TOKEN_FILE} when it exists, else none)",
+    )
     parser.add_argument("--cache-root", help="where models live: <cache-root>/models/<key>/")
     parser.add_argument("--listen", help="HOST:PORT for /metrics, /healthz (default 0.0.0.0:9090)")
     parser.add_argument("--max-parallel-pulls", type=int, help="models pulled at once (default 2)")
@@ -157,6 +166,7 @@ def settings_from(
         chunk_size=size("chunk_size") or _PULL_DEFAULTS.chunk_size,
         min_free_bytes=_PULL_DEFAULTS.min_free_bytes if min_free is None else min_free,
     )
+    token_file = pick("token_file")
     heartbeat = pick("heartbeat_interval")
     rate = pick("max_bandwidth")
     bandwidth = parse_rate(rate, what="--max-bandwidth") if rate else None
@@ -167,6 +177,7 @@ def settings_from(
         node_group=group,
         node_group_label=pick("node_group_label") or DEFAULT_NODE_GROUP_LABEL,
         kube=None if group else _kube_access(pick("kube_api"), env),
+        token_file=Path(token_file) if token_file else _default_token_file(),
         host=host,
         port=port,
         max_parallel_pulls=int(number("max_parallel_pulls", 2)),
@@ -180,6 +191,10 @@ def settings_from(
         credentials=SourceCredentials.from_environ(env),
     )
     return settings, bool(parsed.verbose)
+
+
+def _default_token_file() -> Path | None:
+    return DEFAULT_TOKEN_FILE if DEFAULT_TOKEN_FILE.exists() else None
 
 
 def _kube_access(api_url: str | None, env: Mapping[str, str]) -> KubeAccess | None:

@@ -18,7 +18,12 @@ import time
 import aiohttp
 import psutil
 
-from modelcache.agent.coordinator_client import CoordinatorClient, NotRegisteredError
+from modelcache.agent.coordinator_client import (
+    CoordinatorClient,
+    CoordinatorRefusedError,
+    NotRegisteredError,
+    TokenFile,
+)
 from modelcache.agent.keeping import ModelKeeper
 from modelcache.agent.layout import CacheLayout
 from modelcache.agent.metrics import AgentMetrics
@@ -42,7 +47,9 @@ class CoordinatorLink:
     ) -> None:
         self._settings = settings
         self._session = session
-        self._client = CoordinatorClient(session, settings.coordinator, settings.node_name)
+        self._client = CoordinatorClient(
+            session, settings.coordinator, settings.node_name, TokenFile(settings.token_file)
+        )
         self._keeper = keeper
         self._layout = layout
         self._metrics = metrics
@@ -76,7 +83,8 @@ class CoordinatorLink:
                 self._metrics.report_failures.inc()
                 generation = -1  # the coordinator may have restarted: ask for its list at once
                 delay = _backoff(failures)
-                log.warning("desired list: %s (next try in %.0fs)", e, delay)
+                level = logging.ERROR if isinstance(e, CoordinatorRefusedError) else logging.WARNING
+                log.log(level, "desired list: %s (next try in %.0fs)", e, delay)
                 await asyncio.sleep(delay)
 
     async def report_forever(self) -> None:
@@ -107,7 +115,8 @@ class CoordinatorLink:
             except ModelCacheError as e:
                 failures += 1
                 self._metrics.report_failures.inc()
-                log.warning("status report: %s", e)
+                level = logging.ERROR if isinstance(e, CoordinatorRefusedError) else logging.WARNING
+                log.log(level, "status report: %s", e)
 
     async def report_once(self) -> None:
         """Send the full state now (also the last word at shutdown)."""

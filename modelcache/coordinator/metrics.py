@@ -15,6 +15,8 @@ class CoordinatorMetrics:
     aggregation_lag: Gauge
     objects: Gauge
     request_seconds: Histogram
+    token_reviews: Counter
+    agent_refusals: Counter
 
     @classmethod
     def create(cls) -> CoordinatorMetrics:
@@ -47,6 +49,20 @@ class CoordinatorMetrics:
                 "REST request latency by route.",
                 ["route"],
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                registry=registry,
+            ),
+            token_reviews=Counter(
+                "modelcache_coordinator_token_reviews",
+                "TokenReviews asked of the API server (cache misses), by result: "
+                "accepted, refused, failed.",
+                ["result"],
+                registry=registry,
+            ),
+            agent_refusals=Counter(
+                "modelcache_coordinator_agent_refusals",
+                "Agent calls refused for their token, by HTTP code (401 none or unknown, "
+                "403 another node's or not an agent's).",
+                ["code"],
                 registry=registry,
             ),
         )

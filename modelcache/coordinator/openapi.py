@@ -25,6 +25,16 @@ def _op(summary: str, *, body: str | None = None, ok: str = "200", **extra: Any)
     return op
 
 
+def _agent_op(summary: str, **kwargs: Any) -> dict[str, Any]:
+    """An agent call: with --agent-auth, the node's bearer token (401 none or unknown, 403 another
+    node's); the desired-list read only with --auth-reads."""
+    op = _op(summary, **kwargs)
+    op["security"] = [{"agentToken": []}, {}]
+    op["responses"]["401"] = {"$ref": "#/components/responses/Error"}
+    op["responses"]["403"] = {"$ref": "#/components/responses/Error"}
+    return op
+
+
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 _NODE = [{"name": "node", "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -72,11 +82,13 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/v1/agents/{node}/register": {
             "parameters": _NODE,
-            "post": _op("Agent registration: nodeGroup, address, disk", body="RawRegistration"),
+            "post": _agent_op(
+                "Agent registration: nodeGroup, address, disk", body="RawRegistration"
+            ),
         },
         "/v1/agents/{node}/desired": {
             "parameters": _NODE,
-            "get": _op(
+            "get": _agent_op(
                 "Long poll of the models the node must hold; returns at once when the generation "
                 "differs from the one given",
                 parameters=[
@@ -87,16 +99,24 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/v1/agents/{node}/status": {
             "parameters": _NODE,
-            "post": _op(
+            "post": _agent_op(
                 "Full status report (also the heartbeat)", body="RawStatusReport", ok="204"
             ),
         },
-        "/v1/agents/{node}": {"parameters": _NODE, "delete": _op("Forget a node", ok="204")},
+        "/v1/agents/{node}": {"parameters": _NODE, "delete": _agent_op("Forget a node", ok="204")},
         "/healthz": {"get": _op("Liveness")},
         "/readyz": {"get": _op("Readiness: objects loaded")},
         "/metrics": {"get": _op("Prometheus metrics")},
     },
     "components": {
+        "securitySchemes": {
+            "agentToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The node's token: its projected service account token "
+                "(--agent-auth tokenreview) or its entry in --agent-tokens (tokens)",
+            }
+        },
         "responses": {
             "Error": {
                 "description": "What is wrong and which field",
@@ -113,6 +133,6 @@ OPENAPI: Final[dict[str, Any]] = {
                     }
                 },
             }
-        }
+        },
     },
 }

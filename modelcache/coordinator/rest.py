@@ -20,12 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelcache.contract.agent_wire import RawDesired, parse_registration, parse_status_report
 from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
 from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
+from modelcache.coordinator.authenticating import AgentGate, ForbiddenError, UnauthenticatedError
 from modelcache.coordinator.openapi import OPENAPI
 from modelcache.coordinator.service import Coordinator, Pauser
 from modelcache.coordinator.stores.base import ObjectConflictError, ObjectNotFoundError
 
 log = logging.getLogger(__name__)
 COORDINATOR = web.AppKey("coordinator", Coordinator)
+AGENT_GATE = web.AppKey("agent_gate", AgentGate)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,6 +52,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return _error(404, str(e))
     except ObjectConflictError as e:
         return _error(409, str(e))
+    except UnauthenticatedError as e:
+        coordinator.metrics.agent_refusals.labels("401").inc()
+        response = _error(401, str(e))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="modelcache"'
+        return response
+    except ForbiddenError as e:
+        coordinator.metrics.agent_refusals.labels("403").inc()
+        return _error(403, str(e))
     except TemporaryError as e:
         response = _error(503, str(e))
         if e.retry_after:
@@ -215,9 +225,18 @@ async def get_placement(request: web.Request) -> web.Response:
 # --- agents --------------------------------------------------------------------------------------
 
 
+async def _agent_node(request: web.Request, *, write: bool) -> str:
+    """The node in the URL, once the request's token shows it may speak for it (before its body
+    is read: a stranger's request costs no parsing)."""
+    node = request.match_info["node"]
+    authorization = request.headers.get("Authorization")
+    await request.app[AGENT_GATE].check(node, authorization, write=write)
+    return node
+
+
 async def register_agent(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
-    node = request.match_info["node"]
+    node = await _agent_node(request, write=True)
     record = coordinator.register(node, parse_registration(await _body(request)))
     return _json(
         {
@@ -230,7 +249,7 @@ async def register_agent(request: web.Request) -> web.Response:
 
 async def desired_models(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
-    node = request.match_info["node"]
+    node = await _agent_node(request, write=False)
     record = coordinator.registry.nodes.get(node)
     if record is None or record.registration is None:
         raise ObjectNotFoundError(f"node {node} has not registered: POST its registration first")
@@ -275,17 +294,19 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
 
 async def report_status(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
+    node = await _agent_node(request, write=True)
     body = await _body(request)
     report = parse_status_report(body)
     generation = body.get("generation", 0) if isinstance(body, dict) else 0
     if isinstance(generation, bool) or not isinstance(generation, int):
         raise FieldError("generation", "must be the integer generation of the applied list")
-    coordinator.report(request.match_info["node"], report, generation)
+    coordinator.report(node, report, generation)
     return web.Response(status=204)
 
 
 async def forget_agent(request: web.Request) -> web.Response:
-    request.app[COORDINATOR].forget_node(request.match_info["node"])
+    node = await _agent_node(request, write=True)
+    request.app[COORDINATOR].forget_node(node)
     return web.Response(status=204)
 
 
@@ -311,9 +332,11 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
-def build_app(coordinator: Coordinator) -> web.Application:
+def build_app(coordinator: Coordinator, gate: AgentGate | None = None) -> web.Application:
+    """`gate` checks the agent calls; without one they are open."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=4 << 20)
     app[COORDINATOR] = coordinator
+    app[AGENT_GATE] = gate or AgentGate(None)
     r = app.router
     r.add_get("/v1/localmodelcaches", list_caches)
     r.add_get("/v1/localmodelcaches/{name}", get_cache)

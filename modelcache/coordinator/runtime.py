@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from modelcache.contract.errors import ModelCacheError
+from modelcache.coordinator.authenticating import open_gate
 from modelcache.coordinator.metrics import CoordinatorMetrics
 from modelcache.coordinator.registry import Registry
 from modelcache.coordinator.rest import build_app
@@ -48,7 +49,13 @@ async def running_coordinator(
         not_ready_deletion_timeout=settings.not_ready_deletion_timeout,
     )
     coordinator = Coordinator(settings, store, registry, CoordinatorMetrics.create())
-    runner = web.AppRunner(build_app(coordinator), handle_signals=False, shutdown_timeout=1.0)
+    try:
+        gate = await open_gate(settings.auth, store, coordinator.metrics)
+    except BaseException:
+        await store.close()
+        raise
+    app = build_app(coordinator, gate)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -83,7 +90,12 @@ async def running_coordinator(
 
 async def serve_until_cancelled(settings: CoordinatorSettings) -> None:
     async with running_coordinator(settings) as (coordinator, url):
-        log.warning("modelcache-coordinator serving on %s (store: %s)", url, coordinator.store.name)
+        log.warning(
+            "modelcache-coordinator serving on %s (store: %s, agent auth: %s)",
+            url,
+            coordinator.store.name,
+            settings.auth.mode,
+        )
         done, _ = await asyncio.wait(coordinator.background, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # re-raise what killed it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,36 @@ class StoreSettings:
     namespace: str = "modelcache-system"
 
 
+AUTH_MODES = ("none", "tokens", "tokenreview")
+DEFAULT_AGENT_SERVICE_ACCOUNT = "system:serviceaccount:modelcache-system:modelcache-agent"
+DEFAULT_AGENT_AUDIENCE = "modelcache"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """How agents prove which node they speak for (see `authenticating.py`)."""
+
+    mode: str = "none"
+    """none: open; tokens: per-node tokens from `tokens_file`; tokenreview: projected service
+    account tokens checked with the API server's TokenReview."""
+    tokens_file: Path | None = None
+    gate_reads: bool = False
+    """The desired-list long poll needs the node's token too (writes always do)."""
+    service_account: str = DEFAULT_AGENT_SERVICE_ACCOUNT
+    """tokenreview: the only user whose tokens may speak for a node."""
+    audience: str = DEFAULT_AGENT_AUDIENCE
+    """tokenreview: the audience the agents' projected tokens are issued for."""
+    review_ttl: float = 60.0
+    """tokenreview: seconds a token the API server accepted is trusted without asking again."""
+    denied_ttl: float = 5.0
+    """tokenreview: seconds a refused token is refused without asking again."""
+    review_cache_size: int = 50_000
+
+
 @dataclass(frozen=True, slots=True)
 class CoordinatorSettings:
     store: StoreSettings
+    auth: AuthSettings = AuthSettings()
     host: str = "127.0.0.1"
     port: int = 8080
     node_group_label: str = DEFAULT_NODE_GROUP_LABEL
@@ -67,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-timeout", type=float, help="seconds (default 30)")
     parser.add_argument("--not-ready-deletion-timeout", type=float, help="seconds (default 600)")
     parser.add_argument("--status-interval", type=float, help="seconds (default 1)")
+    parser.add_argument(
+        "--agent-auth",
+        choices=AUTH_MODES,
+        help="how agents prove their node: tokenreview (default with --store kube), tokens "
+        "(default with --agent-tokens), none (default otherwise)",
+    )
+    parser.add_argument("--agent-tokens", help="YAML file of node: token lines (standalone auth)")
+    parser.add_argument(
+        "--auth-reads",
+        action="store_true",
+        default=None,
+        help="the desired-list long poll needs the node's token too (default: open)",
+    )
+    parser.add_argument(
+        "--agent-service-account",
+        help=f"tokenreview: the agents' service account, NAMESPACE:NAME or the full user name "
+        f"(default {DEFAULT_AGENT_SERVICE_ACCOUNT})",
+    )
+    parser.add_argument(
+        "--agent-token-audience",
+        help=f"tokenreview: audience of the agents' projected tokens (default "
+        f"{DEFAULT_AGENT_AUDIENCE})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -106,5 +156,44 @@ def settings_from(
         heartbeat_timeout=heartbeat_timeout,
         not_ready_deletion_timeout=seconds("not_ready_deletion_timeout", 600.0),
         status_interval=seconds("status_interval", 1.0),
+        auth=_auth(pick, store),
     )
     return settings, bool(parsed.verbose)
+
+
+def _auth(pick: Callable[[str], str | None], store: StoreSettings) -> AuthSettings:
+    tokens = pick("agent_tokens")
+    default_mode = "tokens" if tokens else "tokenreview" if store.kind == "kube" else "none"
+    mode = pick("agent_auth") or default_mode
+    if mode not in AUTH_MODES:
+        raise UsageError(f"--agent-auth {mode!r}: use one of {', '.join(AUTH_MODES)}")
+    if mode == "tokens" and not tokens:
+        raise UsageError("--agent-auth tokens needs --agent-tokens FILE (node: token lines)")
+    if mode != "tokens" and tokens:
+        raise UsageError(f"--agent-tokens is only read with --agent-auth tokens, not {mode}")
+    if mode == "tokenreview" and store.kind != "kube":
+        raise UsageError(
+            "--agent-auth tokenreview asks the Kubernetes API server: use it with --store kube, "
+            "or give standalone agents tokens with --agent-tokens FILE"
+        )
+    reads = pick("auth_reads")
+    if reads is not None and reads.lower() not in ("true", "1", "yes", "false", "0", "no"):
+        raise UsageError(f"MODELCACHE_AUTH_READS {reads!r}: use true or false")
+    if mode == "none" and reads is not None and reads.lower() in ("true", "1", "yes"):
+        raise UsageError("--auth-reads needs agent authentication: give --agent-tokens FILE")
+    account = pick("agent_service_account") or DEFAULT_AGENT_SERVICE_ACCOUNT
+    if not account.startswith("system:serviceaccount:"):
+        namespace, sep, name = account.partition(":")
+        if not sep or not namespace or not name or ":" in name:
+            raise UsageError(
+                f"--agent-service-account {account!r}: write NAMESPACE:NAME, e.g. "
+                "modelcache-system:modelcache-agent"
+            )
+        account = f"system:serviceaccount:{namespace}:{name}"
+    return AuthSettings(
+        mode=mode,
+        tokens_file=Path(tokens) if tokens else None,
+        gate_reads=reads is not None and reads.lower() in ("true", "1", "yes"),
+        service_account=account,
+        audience=pick("agent_token_audience") or DEFAULT_AGENT_AUDIENCE,
+    )

@@ -69,3 +69,18 @@ def test_an_explicit_group_needs_no_api_server() -> None:
 def test_bad_flags_are_refused_with_the_remedy(args: list[str], complaint: str) -> None:
     with pytest.raises(UsageError, match=complaint):
         settings_from(args, {})
+
+
+def test_the_token_file_from_a_flag_or_the_environment(tmp_path: Path) -> None:
+    settings, _ = settings_from([*REQUIRED, "--token-file", "/run/token"], {})
+    assert settings.token_file == Path("/run/token")
+    settings, _ = settings_from(REQUIRED, {"MODELCACHE_TOKEN_FILE": "/etc/modelcache/token"})
+    assert settings.token_file == Path("/etc/modelcache/token")
+
+
+def test_without_a_token_file_none_is_sent_outside_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelcache.agent import settings as module
+
+    monkeypatch.setattr(module, "DEFAULT_TOKEN_FILE", Path("/nonexistent/modelcache-token"))
+    settings, _ = settings_from(REQUIRED, {})
+    assert settings.token_file is None

@@ -53,6 +53,10 @@ def node_group(name: str, limit: str) -> dict[str, Any]:
     }
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @dataclass
 class Api:
     """A user and a set of agents talking to one coordinator."""
@@ -77,17 +81,44 @@ class Api:
                 assert response.status in (200, 201), await response.text()
             return await response.json()
 
-    async def register(self, node: str, group: str | None, free: int = 100 * GiB) -> Any:
+    async def register(
+        self,
+        node: str,
+        group: str | None,
+        free: int = 100 * GiB,
+        *,
+        token: str | None = None,
+        expect: int = 200,
+    ) -> Any:
         disk = {"capacityBytes": 200 * GiB, "freeBytes": free}
         body = {"nodeGroup": group, "address": f"http://{node}:9090", "disk": disk}
-        return await self.call("POST", f"/v1/agents/{node}/register", json=body)
+        return await self.call(
+            "POST", f"/v1/agents/{node}/register", expect, json=body, headers=bearer(token)
+        )
 
-    async def desired(self, node: str, generation: int = -1, wait: int = 0) -> Any:
+    async def desired(
+        self,
+        node: str,
+        generation: int = -1,
+        wait: int = 0,
+        *,
+        token: str | None = None,
+        expect: int = 200,
+    ) -> Any:
         query = f"?generation={generation}&wait={wait}"
-        return await self.call("GET", f"/v1/agents/{node}/desired{query}")
+        path = f"/v1/agents/{node}/desired{query}"
+        return await self.call("GET", path, expect, headers=bearer(token))
 
-    async def report(self, node: str, models: dict[str, str], generation: int = 0) -> None:
-        """`models` maps source URI -> ModelDownload* state."""
+    async def report(
+        self,
+        node: str,
+        models: dict[str, str],
+        generation: int = 0,
+        *,
+        token: str | None = None,
+        expect: int = 204,
+    ) -> Any:
+        """`models` maps source URI -> ModelDownload* state; the refusal's body, if any."""
         body = {
             "generation": generation,
             "disk": {"capacityBytes": 200 * GiB, "freeBytes": 100 * GiB},
@@ -103,7 +134,8 @@ class Api:
                 for uri, state in models.items()
             ],
         }
-        await self.call("POST", f"/v1/agents/{node}/status", expect=204, json=body)
+        path = f"/v1/agents/{node}/status"
+        return await self.call("POST", path, expect, json=body, headers=bearer(token))
 
     async def settle(self) -> None:
         """Let one reconcile tick run (statuses written, deletions finished)."""

@@ -7,6 +7,7 @@ LocalModelNode objects back to the server, where a user's `kubectl get` would se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,23 @@ async def kube_cluster(
 ) -> AsyncIterator[Cluster]:
     """A coordinator on `--store kube` whose cluster holds three labelled GPU nodes and two node
     groups as CRs; agents are started by each test."""
+    async with running_kube_cluster(tmp_path, hub, fake_kube) as cluster:
+        yield cluster
+
+
+@contextlib.asynccontextmanager
+async def running_kube_cluster(
+    tmp_path: Path, hub: HubFixture, fake_kube: FakeKubeHandle, **overrides: Any
+) -> AsyncIterator[Cluster]:
+    """`kube_cluster`, with coordinator settings changed by `overrides`."""
     for node in ALL_NODES:
         fake_kube.create("nodes", kube_node(node, node.split("-")[1]))
     fake_kube.create(GROUPS, node_group("a100", "10Gi"))
     fake_kube.create(GROUPS, node_group("h100", "10Gi"))
     settings = fast_settings(
-        tmp_path / "unused.db", store=StoreSettings("kube", kubeconfig=fake_kube.kubeconfig)
+        tmp_path / "unused.db",
+        store=StoreSettings("kube", kubeconfig=fake_kube.kubeconfig),
+        **overrides,
     )
     running = Cluster(hub, tmp_path / "nodes", settings)
     await running.start_coordinator()

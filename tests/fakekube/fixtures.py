@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,31 @@ class FakeKubeHandle:
     @bookmark_interval.setter
     def bookmark_interval(self, seconds: float | None) -> None:
         self.server.bookmark_interval = seconds
+
+    def issue_token(
+        self,
+        token: str,
+        *,
+        service_account: str = "modelcache-system:modelcache-agent",
+        node: str | None = None,
+        pod: str | None = None,
+        audiences: Iterable[str] = ("modelcache",),
+    ) -> str:
+        """Make `token` a projected service account token (NAMESPACE:NAME) that TokenReview
+        accepts for `audiences`; with a `node`, bound to a pod there (default pod name:
+        modelcache-agent-NODE). Returns the token."""
+        self.server.tokens.issue(
+            token, service_account=service_account, node=node, pod=pod, audiences=audiences
+        )
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """TokenReview refuses `token` from now on (its pod was deleted)."""
+        self.server.tokens.tokens.pop(token, None)
+
+    def token_reviews(self) -> int:
+        """How many TokenReviews were asked for."""
+        return sum(1 for r in self.server.requests if r.path.endswith("/tokenreviews"))
 
     def create(self, resource: str, obj: Mapping[str, Any]) -> JsonObject:
         """Store a new object as given (status included); the server fills in metadata."""

@@ -29,6 +29,7 @@ from tests.fakekube.resources import (
 )
 from tests.fakekube.selectors import Selector, parse_selector
 from tests.fakekube.store import Store, WatchEvent, parse_rv
+from tests.fakekube.tokenreviews import TOKEN_REVIEWS, TokenAuthority
 
 _TRUE = frozenset({"1", "t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"0", "f", "F", "false", "False", "FALSE"})
@@ -60,6 +61,7 @@ class FakeKube:
         self.store = Store(resources, history_limit=history_limit)
         self.bookmark_interval = bookmark_interval
         self.requests: list[RequestRecord] = []
+        self.tokens = TokenAuthority()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_statuses])
@@ -68,6 +70,7 @@ class FakeKube:
         add_discovery_routes(app.router, self.store.resources)
         for spec in self.store.resources:
             _add_resource_routes(app.router, spec)
+        app.router.add_post(TOKEN_REVIEWS, _review_token)
         return app
 
 
@@ -217,6 +220,12 @@ async def _delete(spec: ResourceSpec, request: web.Request) -> web.Response:
     }
     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
     return web.json_response({**status, "details": details})
+
+
+async def _review_token(request: web.Request) -> web.Response:
+    """TokenReview is create-only and stores nothing: the answer is the review."""
+    review = request.app[FAKE_KUBE_KEY].tokens.review(await _json_body(request))
+    return web.json_response(review, status=201)
 
 
 # ---- collections

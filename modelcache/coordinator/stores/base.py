@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from modelcache.contract.errors import ModelCacheError, PermanentError, TemporaryError
 from modelcache.contract.objects import JsonObject
@@ -71,3 +71,26 @@ class Store(Protocol):
 
     async def write(self, batch: StatusBatch) -> None:
         """Persist statuses, LocalModelNode objects and agent records."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewedToken:
+    """What the API server said about a bearer token (a TokenReview's status)."""
+
+    authenticated: bool
+    username: str = ""
+    node: str | None = None
+    """The node of the pod the token is bound to (`authentication.kubernetes.io/node-name`,
+    Kubernetes >= 1.30); None for tokens not bound to a pod on a node."""
+    pod: str | None = None
+    audiences: tuple[str, ...] = ()
+    error: str = ""
+
+
+@runtime_checkable
+class TokenReviewer(Protocol):
+    """A store that can ask the Kubernetes API server who a bearer token belongs to."""
+
+    async def review_token(self, token: str, audience: str) -> ReviewedToken:
+        """Raises `StoreUnavailableError` when the API server cannot answer now, and a
+        `ModelCacheError` when it refuses to (RBAC)."""

@@ -35,6 +35,7 @@ from modelcache.coordinator.settings import CoordinatorSettings
 from modelcache.coordinator.stores.base import (
     ObjectConflictError,
     ObjectNotFoundError,
+    ReviewedToken,
     StatusBatch,
     StoreUnavailableError,
 )
@@ -48,6 +49,9 @@ _AS_MERGE_PATCH: dict[str, Any] = {"_content_type": MERGE_PATCH}
 WATCH_SECONDS = 300  # the server ends each watch after this; we resume from the last version
 CONFLICT_RETRIES = 5
 WRITE_CONCURRENCY = 16
+REVIEW_CONCURRENCY = 16  # 10,000 agents starting at once must not open 10,000 connections
+NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
+POD_NAME_KEY = "authentication.kubernetes.io/pod-name"
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -76,6 +80,7 @@ class KubeStore:
         self._node_objects: set[str] = set()  # LocalModelNodes that exist on the server
         self._status_on_main: set[str] = set()  # plurals whose CRD has no status subresource
         self._limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+        self._review_limit = asyncio.Semaphore(REVIEW_CONCURRENCY)
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -246,6 +251,27 @@ class KubeStore:
             log.warning("ignoring invalid %s %s: %s", plural, name, e)
         except StoreUnavailableError as e:
             log.warning("could not add the finalizer to %s yet: %s", name, e)
+
+    # --- agent tokens ---------------------------------------------------------------------------
+
+    async def review_token(self, token: str, audience: str) -> ReviewedToken:
+        """Ask the API server who `token` belongs to (needs `create` on tokenreviews)."""
+        api = client.AuthenticationV1Api(await self._client())
+        body = client.V1TokenReview(
+            api_version="authentication.k8s.io/v1",
+            kind="TokenReview",
+            spec=client.V1TokenReviewSpec(token=token, audiences=[audience]),
+        )
+        raw_kwargs: dict[str, Any] = {"_preload_content": False}
+
+        async def review() -> JsonObject:
+            response: Any = await api.create_token_review(body, **raw_kwargs)
+            answer: JsonObject = json.loads(await response.read())
+            return answer
+
+        async with self._review_limit:
+            raw = await self._call(review, "reviewing an agent's token")
+        return reviewed_token(raw, audience)
 
     # --- writing objects ------------------------------------------------------------------------
 
@@ -433,6 +459,32 @@ class KubeStore:
             await self._delete(NODES, name)
         self._node_objects.discard(name)
         self._statuses.pop((NODES, name), None)
+
+
+def reviewed_token(raw: JsonObject, audience: str) -> ReviewedToken:
+    """A TokenReview's status, trusting only what matches the audience we asked for (a server
+    that answers without `status.audiences` did not check it: the token is not ours)."""
+    status = raw.get("status") or {}
+    user = status.get("user") or {}
+    extra = user.get("extra") or {}
+    audiences = tuple(status.get("audiences") or ())
+
+    def first(key: str) -> str | None:
+        values = extra.get(key) or []
+        return str(values[0]) if values else None
+
+    authenticated = bool(status.get("authenticated")) and audience in audiences
+    error = str(status.get("error") or "")
+    if status.get("authenticated") and not authenticated:
+        error = f"the token is not for audience {audience!r} (it is for {list(audiences)})"
+    return ReviewedToken(
+        authenticated=authenticated,
+        username=str(user.get("username") or ""),
+        node=first(NODE_NAME_KEY),
+        pod=first(POD_NAME_KEY),
+        audiences=audiences,
+        error=error,
+    )
 
 
 def _translate(e: ApiException, what: str) -> ModelCacheError:
