@@ -119,7 +119,14 @@ def test_the_agent_finds_its_node_coordinator_and_cache() -> None:
         assert env["MODELCACHE_CACHE_ROOT"]["value"] == mounts[host_volume["name"]]
         (init,) = pod["initContainers"]
         assert init["command"][-1] == mounts[host_volume["name"]]
-        assert all(m.get("readOnly") is not True for m in agent["volumeMounts"])
+        cache_mount = next(m for m in agent["volumeMounts"] if m["name"] == host_volume["name"])
+        assert cache_mount.get("readOnly") is not True
+        # The token the coordinator reviews: projected for its audience at --token-file's default.
+        assert mounts["coordinator-token"] == "/var/run/secrets/tokens"
+        (token_volume,) = [v for v in pod["volumes"] if v["name"] == "coordinator-token"]
+        (source,) = token_volume["projected"]["sources"]
+        assert source["serviceAccountToken"]["audience"] == "modelcache"
+        assert source["serviceAccountToken"]["path"] == "modelcache-token"
 
 
 def test_the_cache_hostpath_is_set_in_exactly_one_place() -> None:
