@@ -17,6 +17,7 @@ class CoordinatorMetrics:
     request_seconds: Histogram
     token_reviews: Counter
     agent_refusals: Counter
+    leading: Gauge
 
     @classmethod
     def create(cls) -> CoordinatorMetrics:
@@ -63,6 +64,12 @@ class CoordinatorMetrics:
                 "Agent calls refused for their token, by HTTP code (401 none or unknown, "
                 "403 another node's or not an agent's).",
                 ["code"],
+                registry=registry,
+            ),
+            leading=Gauge(
+                "modelcache_coordinator_leader",
+                "1 while this replica is the acting coordinator (holds the Lease, or runs "
+                "alone), 0 on standby.",
                 registry=registry,
             ),
         )

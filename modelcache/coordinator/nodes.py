@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelcache.contract.agent_wire import (
     ModelReport,
@@ -11,7 +13,9 @@ from modelcache.contract.agent_wire import (
     StatusReport,
     model_report_to_raw,
 )
+from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import JsonObject
+from modelcache.contract.quantities import parse_quantity
 from modelcache.coordinator.placement import DesiredModel
 
 
@@ -23,6 +27,8 @@ class NodeRecord:
     cluster_group: str | None = None
     cluster_ready: bool = True
     cluster_not_ready_since: float | None = None
+    allocatable_gpus: int | None = None  # the Node's status.allocatable GPUs; None: unknown
+    model_labels: frozenset[str] = frozenset()  # storage keys of the per-model labels it carries
     # From the agent.
     registration: Registration | None = None
     report: StatusReport | None = None
@@ -68,6 +74,18 @@ class NodeRecord:
     def holds(self, storage_key: str) -> bool:
         return self.report is not None and storage_key in self.report.models
 
+    def downloaded_keys(self) -> frozenset[str]:
+        """Models the node holds ModelDownloaded that it is still meant to hold: what its
+        per-model labels should say (a model on its way out no longer attracts pods)."""
+        if self.report is None:
+            return frozenset()
+        desired = self.desired_keys()
+        return frozenset(
+            key
+            for key, model in self.report.models.items()
+            if model.state == "ModelDownloaded" and key in desired
+        )
+
     def as_raw(self) -> JsonObject:
         """What a store keeps so a restarted coordinator still knows the node and its files."""
         body: JsonObject = {"metadata": {"name": self.name}}
@@ -89,3 +107,19 @@ class NodeRecord:
             }
             body["appliedGeneration"] = self.applied_generation
         return body
+
+
+def allocatable_count(node: Mapping[str, Any], resource: str) -> int | None:
+    """A whole count from a Node's `status.allocatable` (a quantity string such as "8"), or None
+    when the node does not say or says something that is not a whole count."""
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    value = allocatable.get(resource) if isinstance(allocatable, Mapping) else None
+    if value is None:
+        return None
+    try:
+        amount = parse_quantity(str(value))
+    except UsageError:
+        return None
+    if amount < 0 or amount != amount.to_integral_value():
+        return None
+    return int(amount)

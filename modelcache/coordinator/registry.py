@@ -26,6 +26,7 @@ from modelcache.contract.objects import (
     parse_node_group,
 )
 from modelcache.coordinator.aggregating import CacheAggregate
+from modelcache.coordinator.inference_services import InferenceServiceIndex
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.placement import Placement, place
 from modelcache.coordinator.statuses import (
@@ -97,12 +98,14 @@ class Registry:
         self._pending: dict[str, set[str] | None] = {}
         self._reporting: dict[str, set[str]] = defaultdict(set)  # storage key -> nodes holding it
         self._sorted_members: dict[str, list[str]] = {}
+        self.inference_services = InferenceServiceIndex()  # filled by the kube store's watch
 
     # --- desired objects ------------------------------------------------------------------------
 
     def upsert_cache(self, raw: JsonObject) -> ModelCache:
         cache = parse_cache(raw)
         self.cache_objects[cache.name] = raw
+        self.conditions.remember(cache.name, (raw.get("status") or {}).get("conditions"))
         self.caches[cache.name] = cache
         self.dirty.touch_caches((cache.name,))
         self._replace()
@@ -131,9 +134,18 @@ class Registry:
 
     # --- nodes ----------------------------------------------------------------------------------
 
-    def upsert_cluster_node(self, name: str, group: str | None, ready: bool) -> None:
+    def upsert_cluster_node(
+        self,
+        name: str,
+        group: str | None,
+        ready: bool,
+        *,
+        allocatable_gpus: int | None = None,
+        model_labels: frozenset[str] = frozenset(),
+    ) -> None:
         record = self.nodes.get(name) or self._new_node(name)
         record.in_cluster, record.cluster_group = True, group
+        record.allocatable_gpus, record.model_labels = allocatable_gpus, model_labels
         if record.cluster_ready and not ready:
             record.cluster_not_ready_since = self._clock()
         record.cluster_ready = ready
@@ -167,6 +179,33 @@ class Registry:
         if not self._ready.get(name, False):
             self._readiness_changed(record, ready=True)
         return record
+
+    def restore_node(
+        self,
+        name: str,
+        registration: Registration,
+        report: StatusReport,
+        *,
+        ready: bool,
+        last_report_time: str | None,
+    ) -> None:
+        """A node as the store last recorded it, before its agent has spoken to us (a new leader
+        taking over, a restart): its report counts as current, so statuses do not regress while
+        the agent finds us. Ready then: ready for one heartbeat timeout from now (the agent
+        reports within it, or the node turns NotReady as usual). NotReady then: NotReady from
+        now, so the wait for it to delete files starts again rather than being given up."""
+        record = self.nodes.get(name) or self._new_node(name)
+        if record.registration is not None or record.report is not None:
+            return  # its agent was quicker
+        now = self._clock()
+        record.registration = registration
+        record.report = report
+        record.last_seen = now if ready else now - self.heartbeat_timeout - 0.001
+        record.last_report_time = last_report_time
+        for key in report.models:
+            self._reporting[key].add(name)
+        self._node_moved(record)
+        self._readiness_changed(record, ready=ready)
 
     def forget_node(self, name: str) -> None:
         record = self.nodes.pop(name, None)

@@ -21,6 +21,7 @@ from modelcache.contract.agent_wire import RawDesired, parse_registration, parse
 from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
 from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
 from modelcache.coordinator.authenticating import AgentGate, ForbiddenError, UnauthenticatedError
+from modelcache.coordinator.leading import LeadershipLostError
 from modelcache.coordinator.openapi import OPENAPI
 from modelcache.coordinator.service import Coordinator, Pauser
 from modelcache.coordinator.stores.base import ObjectConflictError, ObjectNotFoundError
@@ -29,10 +30,18 @@ log = logging.getLogger(__name__)
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 AGENT_GATE = web.AppKey("agent_gate", AgentGate)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+"""What a standby replica answers; everything else waits for the leader."""
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
     return _json({"error": message, "field": field}, status=status)
+
+
+def _unavailable(message: str) -> web.Response:
+    response = _error(503, message)
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 @web.middleware
@@ -43,6 +52,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     )
     started = time.perf_counter()
     try:
+        standby = coordinator.standby
+        if standby is not None and request.path not in PROBES:
+            return _unavailable(standby)
         return await handler(request)
     except FieldError as e:
         return _error(422, e.reason, e.field)
@@ -60,6 +72,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except ForbiddenError as e:
         coordinator.metrics.agent_refusals.labels("403").inc()
         return _error(403, str(e))
+    except LeadershipLostError as e:
+        return _unavailable(str(e))
     except TemporaryError as e:
         response = _error(503, str(e))
         if e.retry_after:
@@ -318,9 +332,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if not request.app[COORDINATOR].ready.is_set():
+    """Ready means: send agents and users here. A standby replica never is."""
+    coordinator = request.app[COORDINATOR]
+    leadership = coordinator.leadership
+    if leadership is not None and not leadership.leading:
+        body = {"status": "standby", "leader": leadership.holder or None}
+        return _json(body, status=503)
+    if not coordinator.ready.is_set():
         return _json({"status": "loading"}, status=503)
-    return _json({"status": "ready"})
+    body = {"status": "ready"}
+    if leadership is not None:
+        body["leader"] = leadership.identity
+    return _json(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

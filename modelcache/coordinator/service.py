@@ -21,6 +21,7 @@ from modelcache.contract.objects import (
     normalize_cache,
     normalize_node_group,
 )
+from modelcache.coordinator.leading import Leadership, LeadershipLostError
 from modelcache.coordinator.metrics import CoordinatorMetrics
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.registry import Dirty, Registry
@@ -62,6 +63,33 @@ class Coordinator:
         self._releasing: set[str] = set()
         self._dirty_since: float | None = None
         self.background: list[asyncio.Task[None]] = []  # supervised by the runtime
+        self.leadership: Leadership | None = None
+        """The election this replica takes part in; None when it acts alone."""
+
+    @property
+    def standby(self) -> str | None:
+        """Why this replica must not serve agents and users now, or None when it may."""
+        leadership = self.leadership
+        if leadership is None:
+            return None
+        if not leadership.leading:
+            holder = f"{leadership.holder} holds it" if leadership.holder else "nobody holds it"
+            return (
+                f"this coordinator replica ({leadership.identity}) is on standby: it does not "
+                f"hold Lease {leadership.where} ({holder}); the Service sends requests to the "
+                "leader, retry"
+            )
+        if not self.ready.is_set():
+            return "this coordinator replica has just become the leader and is loading; retry"
+        return None
+
+    def _may_write(self) -> None:
+        """A replica that lost the Lease writes nothing more, whatever was under way."""
+        leadership = self.leadership
+        if leadership is not None and not leadership.leading:
+            raise LeadershipLostError(
+                f"not writing: this replica no longer holds Lease {leadership.where}"
+            )
 
     # --- objects (REST PUT/DELETE) --------------------------------------------------------------
 
@@ -73,6 +101,7 @@ class Coordinator:
                 "spec.sourceModelUri",
                 f"is immutable (it is {current.source_model_uri!r}): create a new cache instead",
             )
+        self._may_write()
         stored = await self.store.put_cache(normalized)
         self.registry.upsert_cache(stored)
         return self.registry.cache_with_status(name)
@@ -80,6 +109,7 @@ class Coordinator:
     async def delete_cache(self, name: str) -> None:
         if name not in self.registry.caches:
             raise ObjectNotFoundError(f"LocalModelCache {name} does not exist")
+        self._may_write()
         marked = await self.store.delete_cache(name)
         if marked is None:
             self.registry.remove_cache(name)
@@ -87,13 +117,16 @@ class Coordinator:
             self.registry.upsert_cache(marked)
 
     async def apply_group(self, name: str, raw: Mapping[str, Any]) -> JsonObject:
-        stored = await self.store.put_group(normalize_node_group(_named(raw, name)))
+        normalized = normalize_node_group(_named(raw, name))
+        self._may_write()
+        stored = await self.store.put_group(normalized)
         self.registry.upsert_group(stored)
         return self.registry.group_with_status(name)
 
     async def delete_group(self, name: str) -> None:
         if name not in self.registry.groups:
             raise ObjectNotFoundError(f"LocalModelNodeGroup {name} does not exist")
+        self._may_write()
         await self.store.delete_group(name)
         self.registry.remove_group(name)
 
@@ -177,6 +210,7 @@ class Coordinator:
             self._written.pop(("node", name), None)
             self._written.pop(("agent", name), None)
         if batch:
+            self._may_write()
             await store.write(batch)
 
     def _stage(self, into: dict[str, JsonObject], kind: str, name: str, value: JsonObject) -> None:
@@ -198,6 +232,7 @@ class Coordinator:
                     cache.name,
                     ", ".join(progress.given_up_on),
                 )
+            self._may_write()
             self._releasing.add(cache.name)
             try:
                 await self.store.release_cache(cache.name)

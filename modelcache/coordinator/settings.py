@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import secrets
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,11 @@ from pathlib import Path
 from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import DEFAULT_NODE_GROUP_LABEL
 from modelcache.contract.service_process import parse_listen
+from modelcache.coordinator.webhook_settings import (
+    WebhookSettings,
+    add_webhook_arguments,
+    webhook_settings_from,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +55,39 @@ class AuthSettings:
     review_cache_size: int = 50_000
 
 
+DEFAULT_LEASE_NAME = "modelcache-coordinator"
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionSettings:
+    """Leader election between coordinator replicas on one Lease (see `leading.py`); the
+    timings mean what they mean in client-go's leaderelection."""
+
+    identity: str
+    """This replica's holderIdentity: the pod name (POD_NAME), else hostname_random."""
+    lease_name: str = DEFAULT_LEASE_NAME
+    """In `StoreSettings.namespace`."""
+    lease_duration: float = 15.0
+    """How long a standby waits, after it last saw the Lease change, before taking it over.
+    Written to the Lease rounded up to whole seconds (`leaseDurationSeconds` is an integer)."""
+    renew_deadline: float = 10.0
+    """The leader steps down (stops writing, exits) when it could not renew for this long."""
+    retry_period: float = 2.0
+    """How often the leader renews and a standby tries to acquire."""
+
+    @property
+    def lease_seconds(self) -> int:
+        return max(math.ceil(self.lease_duration), 1)
+
+
 @dataclass(frozen=True, slots=True)
 class CoordinatorSettings:
     store: StoreSettings
     auth: AuthSettings = AuthSettings()
+    election: ElectionSettings | None = None
+    """None: this coordinator acts alone (the embedded store, or `--no-leader-elect`)."""
+    webhook: WebhookSettings | None = None
+    """The admission webhooks' HTTPS listener; None: not served (`--webhook-listen`)."""
     host: str = "127.0.0.1"
     port: int = 8080
     node_group_label: str = DEFAULT_NODE_GROUP_LABEL
@@ -117,6 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tokenreview: audience of the agents' projected tokens (default "
         f"{DEFAULT_AGENT_AUDIENCE})",
     )
+    parser.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replicas elect one leader on a Lease; the others stand by, not ready (default: on "
+        "with --store kube; the embedded store runs alone)",
+    )
+    parser.add_argument(
+        "--lease-name",
+        help=f"the Lease, in namespace modelcache-system (default {DEFAULT_LEASE_NAME})",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        help="seconds a standby waits for a silent leader (default 15)",
+    )
+    parser.add_argument(
+        "--lease-renew-deadline",
+        type=float,
+        help="seconds the leader keeps acting without a renewal (default 2/3 of --lease-duration)",
+    )
+    parser.add_argument(
+        "--lease-retry-period",
+        type=float,
+        help="seconds between renewals and acquire attempts (default 2/15 of --lease-duration)",
+    )
+    add_webhook_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -157,8 +221,47 @@ def settings_from(
         not_ready_deletion_timeout=seconds("not_ready_deletion_timeout", 600.0),
         status_interval=seconds("status_interval", 1.0),
         auth=_auth(pick, store),
+        election=_election(pick, seconds, store, env),
+        webhook=webhook_settings_from(pick, store.kind),
     )
     return settings, bool(parsed.verbose)
+
+
+def _election(
+    pick: Callable[[str], str | None],
+    seconds: Callable[[str, float], float],
+    store: StoreSettings,
+    env: Mapping[str, str],
+) -> ElectionSettings | None:
+    wanted = pick("leader_elect")
+    if wanted is not None and wanted.lower() not in ("true", "1", "yes", "false", "0", "no"):
+        raise UsageError(f"MODELCACHE_LEADER_ELECT {wanted!r}: use true or false")
+    elect = store.kind == "kube" if wanted is None else wanted.lower() in ("true", "1", "yes")
+    if not elect:
+        return None
+    if store.kind != "kube":
+        raise UsageError(
+            "--leader-elect needs --store kube (the Lease lives in the Kubernetes API); the "
+            "embedded store has one coordinator: drop --leader-elect"
+        )
+    duration = seconds("lease_duration", 15.0)
+    renew = seconds("lease_renew_deadline", duration * 2 / 3)
+    retry = seconds("lease_retry_period", duration * 2 / 15)
+    if not retry < renew < duration:
+        raise UsageError(
+            f"leader election needs --lease-retry-period ({retry:g}s) < --lease-renew-deadline "
+            f"({renew:g}s) < --lease-duration ({duration:g}s): a leader must give up before a "
+            "standby may take over"
+        )
+    # A pod's name is unique while it lives; elsewhere the host name could be shared.
+    identity = env.get("POD_NAME") or f"{socket.gethostname()}_{secrets.token_hex(4)}"
+    return ElectionSettings(
+        identity=identity,
+        lease_name=pick("lease_name") or DEFAULT_LEASE_NAME,
+        lease_duration=duration,
+        renew_deadline=renew,
+        retry_period=retry,
+    )
 
 
 def _auth(pick: Callable[[str], str | None], store: StoreSettings) -> AuthSettings:

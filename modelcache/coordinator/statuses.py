@@ -51,6 +51,20 @@ class ConditionBook:
             )
         return rendered
 
+    def remember(self, owner: str, conditions: object) -> None:
+        """Take transition times from a status written before (by us before a restart, or by
+        the leader before us), for conditions we have no opinion on yet."""
+        if not isinstance(conditions, list):
+            return
+        for condition in conditions:
+            if not isinstance(condition, dict):
+                continue
+            kind, status, since = (
+                condition.get(k) for k in ("type", "status", "lastTransitionTime")
+            )
+            if isinstance(kind, str) and isinstance(status, str) and isinstance(since, str):
+                self._seen.setdefault((owner, kind), (status, since))
+
     def forget(self, owner: str) -> None:
         for key in [k for k in self._seen if k[0] == owner]:
             del self._seen[key]

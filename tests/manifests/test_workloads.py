@@ -140,6 +140,9 @@ def test_the_coordinator_runs_two_replicas_that_a_drain_cannot_both_take() -> No
     assert deployment["spec"]["replicas"] == 2
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["--store", "kube", "--listen", "0.0.0.0:8080"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    webhook_port = next(p for p in container["ports"] if p["name"] == "webhook")["containerPort"]
+    assert env["MODELCACHE_WEBHOOK_LISTEN"] == f"0.0.0.0:{webhook_port}"
     budget = _one("PodDisruptionBudget", "modelcache-coordinator")
     assert budget["spec"]["minAvailable"] == 1
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -210,6 +213,8 @@ def test_the_coordinator_has_what_its_code_uses() -> None:
         assert _allows(rules, "", "nodes", verb)
     assert not _allows(rules, "", "nodes", "delete")
     assert _allows(rules, "authentication.k8s.io", "tokenreviews", "create")
+    for verb in ("list", "watch"):  # InferenceServices still using a cache
+        assert _allows(rules, group, "inferenceservices", verb)
     assert _allows(rules, "", "events", "create")
     election = _rules("Role", "modelcache-coordinator-leader-election")
     assert _allows(election, "coordination.k8s.io", "leases", "create")

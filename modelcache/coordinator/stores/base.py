@@ -94,3 +94,33 @@ class TokenReviewer(Protocol):
     async def review_token(self, token: str, audience: str) -> ReviewedToken:
         """Raises `StoreUnavailableError` when the API server cannot answer now, and a
         `ModelCacheError` when it refuses to (RBAC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A coordination.k8s.io/v1 Lease as leader election reads and writes it."""
+
+    holder: str
+    """holderIdentity; empty when nobody holds it (released)."""
+    duration_seconds: int
+    acquire_time: str | None = None
+    """RFC 3339 with microseconds (a MicroTime), as the holder's clock read it."""
+    renew_time: str | None = None
+    transitions: int = 0
+    version: str = ""
+    """metadata.resourceVersion the record was read at: an update succeeds only while the Lease
+    is still at that version (optimistic concurrency)."""
+
+
+@runtime_checkable
+class LeaseKeeper(Protocol):
+    """A store that can hold the leader-election Lease (the kube store)."""
+
+    async def get_lease(self, name: str) -> LeaseRecord | None:
+        """The Lease in the store's namespace, or None when it does not exist."""
+
+    async def create_lease(self, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Raises `ObjectConflictError` when it exists already (another replica was quicker)."""
+
+    async def update_lease(self, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Replace it if it is still at `record.version`, else raise `ObjectConflictError`."""

@@ -1,10 +1,12 @@
 """The Kubernetes store: the real CRs, through kubernetes_asyncio (the only module that imports it).
 
 Reads: list, then watch from the list's resourceVersion with bookmarks; a 410 Gone re-lists (the
-registry is replaced with the listing, so deletions missed while away are noticed too). Writes:
+registry is replaced with the listing, so deletions missed while away are noticed too); each
+node's last report comes back from its LocalModelNode (`restoring.py`) at load. Writes:
 spec and metadata through create/replace with optimistic concurrency, statuses through the status
 subresource as JSON merge patches that carry only what changed (a key that went away is sent as
-null), 409 Conflict retried on a fresh read.
+null), 409 Conflict retried on a fresh read. The leader-election Lease is read and replaced at
+the version read (`leading.py` runs the election).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
 
 from modelcache.contract.errors import ModelCacheError
 from modelcache.contract.objects import (
@@ -30,9 +33,14 @@ from modelcache.contract.objects import (
     FieldError,
     JsonObject,
 )
+from modelcache.coordinator.binding import GPU_RESOURCE
+from modelcache.coordinator.node_labelling import model_label_keys
+from modelcache.coordinator.nodes import allocatable_count
 from modelcache.coordinator.registry import Registry
+from modelcache.coordinator.restoring import restore_from_node_object
 from modelcache.coordinator.settings import CoordinatorSettings
 from modelcache.coordinator.stores.base import (
+    LeaseRecord,
     ObjectConflictError,
     ObjectNotFoundError,
     ReviewedToken,
@@ -43,9 +51,12 @@ from modelcache.coordinator.stores.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CACHES, GROUPS, NODES = "localmodelcaches", "localmodelnodegroups", "localmodelnodes"
+# KServe's InferenceServices (namespaced, listed across namespaces), when its CRD is installed.
+ISVCS, ISVC_VERSION = "inferenceservices", "v1beta1"
 MERGE_PATCH = "application/merge-patch+json"
 # The client sends dict bodies as json-patch unless told otherwise (see FIELD-NOTES).
 _AS_MERGE_PATCH: dict[str, Any] = {"_content_type": MERGE_PATCH}
+_RAW: dict[str, Any] = {"_preload_content": False}  # JSON as sent, not the client's models
 WATCH_SECONDS = 300  # the server ends each watch after this; we resume from the last version
 CONFLICT_RETRIES = 5
 WRITE_CONCURRENCY = 16
@@ -122,24 +133,30 @@ class KubeStore:
     # --- reading --------------------------------------------------------------------------------
 
     async def load(self, registry: Registry) -> None:
-        for plural in (GROUPS, CACHES, "nodes", NODES):
+        for plural in (GROUPS, CACHES, "nodes"):
             await self._relist(registry, plural)
+        for item in await self._relist(registry, NODES):
+            restore_from_node_object(registry, item)
+        await self._load_inference_services(registry)
 
     async def _list(self, plural: str) -> JsonObject:
         api_client = await self._client()
         if plural == "nodes":
             core = client.CoreV1Api(api_client)
             raw_kwargs: dict[str, Any] = {"_preload_content": False}
-            response: Any = await self._call(lambda: core.list_node(**raw_kwargs), "listing nodes")
-            data: JsonObject = json.loads(await response.read())
-            return data
+
+            async def list_nodes() -> JsonObject:
+                return await _read_json(await core.list_node(**raw_kwargs))
+
+            return await self._call(list_nodes, "listing nodes")
         custom = await self._custom()
         listing: JsonObject = await self._call(
-            lambda: custom.list_cluster_custom_object(GROUP, VERSION, plural), f"listing {plural}"
+            lambda: custom.list_cluster_custom_object(GROUP, _version(plural), plural),
+            f"listing {plural}",
         )
         return listing
 
-    async def _relist(self, registry: Registry, plural: str) -> None:
+    async def _relist(self, registry: Registry, plural: str) -> list[JsonObject]:
         listing = await self._list(plural)
         self._versions[plural] = listing["metadata"]["resourceVersion"]
         items = listing.get("items", [])
@@ -150,15 +167,19 @@ class KubeStore:
         elif plural == GROUPS:
             for gone in set(registry.groups) - names:
                 registry.remove_group(gone)
+        elif plural == ISVCS:
+            registry.inference_services.clear()
         elif plural == "nodes":
             for gone in [n for n, r in registry.nodes.items() if r.in_cluster and n not in names]:
                 registry.remove_cluster_node(gone)
         for item in items:
             await self._apply(registry, plural, "ADDED", item)
+        return list(items)
 
     async def follow(self, registry: Registry) -> None:
         async with asyncio.TaskGroup() as group:
-            for plural in (GROUPS, CACHES, "nodes"):
+            isvcs = (ISVCS,) if registry.inference_services.watched else ()
+            for plural in (GROUPS, CACHES, "nodes", *isvcs):
                 group.create_task(self._watch(registry, plural), name=f"kube-watch-{plural}")
 
     async def _watch(self, registry: Registry, plural: str) -> None:
@@ -203,7 +224,7 @@ class KubeStore:
             args: tuple[Any, ...] = ()
         else:
             func = client.CustomObjectsApi(api_client).list_cluster_custom_object
-            args = (GROUP, VERSION, plural)
+            args = (GROUP, _version(plural), plural)
         async with watch.Watch() as stream:
             async for event in stream.stream(func, *args, **kwargs):
                 raw = event["raw_object"]
@@ -215,6 +236,9 @@ class KubeStore:
 
     async def _apply(self, registry: Registry, plural: str, kind: str, raw: JsonObject) -> None:
         name = raw["metadata"]["name"]
+        if plural == ISVCS:
+            registry.inference_services.observe(kind, raw)
+            return
         if plural == NODES:  # ours: only remember what exists and what its status is
             if kind == "DELETED":
                 self._node_objects.discard(name)
@@ -231,7 +255,13 @@ class KubeStore:
             labels = raw.get("metadata", {}).get("labels") or {}
             conditions = raw.get("status", {}).get("conditions") or []
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-            registry.upsert_cluster_node(name, labels.get(self.settings.node_group_label), ready)
+            registry.upsert_cluster_node(
+                name,
+                labels.get(self.settings.node_group_label),
+                ready,
+                allocatable_gpus=allocatable_count(raw, GPU_RESOURCE),
+                model_labels=model_label_keys(labels),
+            )
             return
         if kind == "DELETED":
             self._statuses.pop((plural, name), None)
@@ -252,6 +282,30 @@ class KubeStore:
         except StoreUnavailableError as e:
             log.warning("could not add the finalizer to %s yet: %s", name, e)
 
+    async def _load_inference_services(self, registry: Registry) -> None:
+        """List KServe's InferenceServices (to know which caches are in use) if its CRD exists;
+        without it there are none to know of."""
+        try:
+            await self._relist(registry, ISVCS)
+        except ObjectNotFoundError:
+            log.info("no InferenceService CRD (%s.%s): not watching them", ISVCS, GROUP)
+            return
+        registry.inference_services.watched = True
+
+    # --- node labels ----------------------------------------------------------------------------
+
+    async def patch_node_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
+        """Merge patch of the Node's metadata.labels (None removes); a Node that is gone is
+        nothing to label. Needs `patch` on nodes."""
+        core = client.CoreV1Api(await self._client())
+        body = {"metadata": {"labels": dict(labels)}}
+        async with self._limit:
+            with contextlib.suppress(ObjectNotFoundError):
+                await self._call(
+                    lambda: core.patch_node(node, body, **_AS_MERGE_PATCH),
+                    f"labelling node {node}",
+                )
+
     # --- agent tokens ---------------------------------------------------------------------------
 
     async def review_token(self, token: str, audience: str) -> ReviewedToken:
@@ -265,13 +319,47 @@ class KubeStore:
         raw_kwargs: dict[str, Any] = {"_preload_content": False}
 
         async def review() -> JsonObject:
-            response: Any = await api.create_token_review(body, **raw_kwargs)
-            answer: JsonObject = json.loads(await response.read())
-            return answer
+            return await _read_json(await api.create_token_review(body, **raw_kwargs))
 
         async with self._review_limit:
             raw = await self._call(review, "reviewing an agent's token")
         return reviewed_token(raw, audience)
+
+    # --- the leader-election Lease --------------------------------------------------------------
+
+    async def get_lease(self, name: str) -> LeaseRecord | None:
+        api = client.CoordinationV1Api(await self._client())
+        namespace = self.settings.store.namespace
+
+        async def read() -> JsonObject:
+            return await _read_json(await api.read_namespaced_lease(name, namespace, **_RAW))
+
+        try:
+            return lease_record(await self._call(read, f"reading Lease {namespace}/{name}"))
+        except ObjectNotFoundError:
+            return None
+
+    async def create_lease(self, name: str, record: LeaseRecord) -> LeaseRecord:
+        api = client.CoordinationV1Api(await self._client())
+        namespace = self.settings.store.namespace
+        body: Any = raw_lease(name, namespace, record)  # the client sends a dict as it is
+
+        async def create() -> JsonObject:
+            return await _read_json(await api.create_namespaced_lease(namespace, body, **_RAW))
+
+        return lease_record(await self._call(create, f"creating Lease {namespace}/{name}"))
+
+    async def update_lease(self, name: str, record: LeaseRecord) -> LeaseRecord:
+        api = client.CoordinationV1Api(await self._client())
+        namespace = self.settings.store.namespace
+        body: Any = raw_lease(name, namespace, record)  # the client sends a dict as it is
+
+        async def replace() -> JsonObject:
+            return await _read_json(
+                await api.replace_namespaced_lease(name, namespace, body, **_RAW)
+            )
+
+        return lease_record(await self._call(replace, f"updating Lease {namespace}/{name}"))
 
     # --- writing objects ------------------------------------------------------------------------
 
@@ -459,6 +547,55 @@ class KubeStore:
             await self._delete(NODES, name)
         self._node_objects.discard(name)
         self._statuses.pop((NODES, name), None)
+
+
+async def _read_json(response: Any) -> JsonObject:
+    """The JSON of a raw (`_preload_content=False`) response. The client checks the status only
+    when it parses the body itself: here a 404 or 409 would pass for an object."""
+    data = await response.read()
+    if not 200 <= response.status <= 299:
+        failed = ApiException(status=response.status, reason=response.reason)
+        failed.body, failed.headers = data, RESTResponse(response, data).getheaders()
+        raise failed
+    parsed: JsonObject = json.loads(data)
+    return parsed
+
+
+def raw_lease(name: str, namespace: str, record: LeaseRecord) -> JsonObject:
+    metadata: JsonObject = {"name": name, "namespace": namespace}
+    if record.version:
+        metadata["resourceVersion"] = record.version
+    spec: JsonObject = {
+        "holderIdentity": record.holder,
+        "leaseDurationSeconds": record.duration_seconds,
+        "leaseTransitions": record.transitions,
+    }
+    if record.acquire_time:
+        spec["acquireTime"] = record.acquire_time
+    if record.renew_time:
+        spec["renewTime"] = record.renew_time
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def lease_record(raw: JsonObject) -> LeaseRecord:
+    spec = raw.get("spec") or {}
+    return LeaseRecord(
+        holder=str(spec.get("holderIdentity") or ""),
+        duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
+        acquire_time=spec.get("acquireTime"),
+        renew_time=spec.get("renewTime"),
+        transitions=int(spec.get("leaseTransitions") or 0),
+        version=str((raw.get("metadata") or {}).get("resourceVersion") or ""),
+    )
+
+
+def _version(plural: str) -> str:
+    return ISVC_VERSION if plural == ISVCS else VERSION
 
 
 def reviewed_token(raw: JsonObject, audience: str) -> ReviewedToken:

@@ -1,0 +1,290 @@
+"""Two coordinator replicas on `--store kube` elect one leader on a Lease in the fake API server
+(real kubernetes_asyncio client): the standby is not ready and serves nothing, a killed leader is
+replaced within the lease duration, the new leader's statuses do not regress, a graceful stop
+hands over at once, and a leader that cannot renew stops before anyone may take over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modelcache.contract.errors import UsageError
+from modelcache.contract.objects import CACHE_FINALIZER
+from modelcache.coordinator.leading import LeadershipLostError
+from modelcache.coordinator.settings import ElectionSettings, StoreSettings, settings_from
+from tests.coordinator.conftest import cache, fast_settings, node_group, serving
+from tests.coordinator.replicas import FAST, LEASE, NAMESPACE, Start, replicas
+from tests.coordinator.test_kube_store import CACHES, GROUPS, LLAMA, NODES, kube_node
+from tests.fakekube.fixtures import FakeKubeHandle
+
+MISTRAL = "hf://mistralai/mistral-7b-v0.3"
+A100 = ("gpu-a100-0", "gpu-a100-1")
+
+
+@pytest.fixture
+async def start_replica(fake_kube: FakeKubeHandle, tmp_path: Path) -> AsyncIterator[Start]:
+    async with replicas(fake_kube, tmp_path, heartbeat_timeout=30.0) as start:
+        # heartbeat_timeout: the agents here are the test; they report when it says
+        yield start
+
+
+async def until(check: Callable[[], bool], what: str, within: float = 5.0) -> float:
+    """Poll `check` until true; return how long it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not check():
+        if loop.time() - started > within:
+            pytest.fail(f"not within {within}s: {what}")
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
+def lease(fake_kube: FakeKubeHandle) -> dict[str, Any]:
+    spec: dict[str, Any] = fake_kube.get("leases", LEASE, NAMESPACE)["spec"]
+    return spec
+
+
+def seed_cluster(fake_kube: FakeKubeHandle) -> None:
+    fake_kube.create(GROUPS, node_group("a100", "80Gi"))
+    for node in A100:
+        fake_kube.create("nodes", kube_node(node, "a100"))
+    fake_kube.create(CACHES, cache("llama3", LLAMA, "16Gi", "a100"))
+    fake_kube.create(CACHES, cache("mistral", MISTRAL, "15Gi", "a100"))
+
+
+async def test_one_replica_leads_and_the_other_stands_by_not_ready(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    seed_cluster(fake_kube)
+    a = await start_replica("coordinator-a")
+    await until(lambda: a.leading, "the first replica leads")
+    b = await start_replica("coordinator-b")
+    await asyncio.sleep(FAST.lease_duration)  # longer than a lease: b must still stand by
+
+    assert a.leading
+    assert not b.leading
+    assert await a.readyz() == (200, {"status": "ready", "leader": "coordinator-a"})
+    assert await b.readyz() == (503, {"status": "standby", "leader": "coordinator-a"})
+    held = lease(fake_kube)
+    assert held["holderIdentity"] == "coordinator-a"
+    assert held["leaseDurationSeconds"] == 2  # 1.5 s, rounded up: the field is whole seconds
+    assert held["leaseTransitions"] == 0
+    renewed = held["renewTime"]
+    await asyncio.sleep(FAST.retry_period * 2)
+    assert lease(fake_kube)["renewTime"] > renewed  # the leader renews every retry period
+
+    # The standby serves nobody: agents and users are sent to the leader by the Service.
+    async with b.api.http.get(f"{b.api.url}/v1/localmodelcaches") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        error = (await response.json())["error"]
+    assert "coordinator-b" in error
+    assert "coordinator-a holds it" in error
+    await b.api.register("gpu-a100-0", None, expect=503)
+    async with b.api.http.get(f"{b.api.url}/healthz") as response:
+        assert response.status == 200  # alive, only not the leader
+    assert b.api.coordinator.registry.caches == {}  # it loads nothing until it leads
+    await a.api.register("gpu-a100-0", None)
+    await until(lambda: fake_kube.exists(NODES, "gpu-a100-0"), "the leader writes")
+
+
+async def test_a_killed_leader_is_replaced_within_the_lease_and_no_status_regresses(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    seed_cluster(fake_kube)
+    a = await start_replica("coordinator-a")
+    await until(lambda: a.leading, "the first replica leads")
+    b = await start_replica("coordinator-b")
+    for node in A100:
+        await a.api.register(node, None)
+    await a.api.report(A100[0], {LLAMA: "ModelDownloaded", MISTRAL: "ModelDownloaded"})
+    await a.api.report(A100[1], {LLAMA: "ModelDownloading", MISTRAL: "ModelDownloaded"})
+    # mistral is deleted: its finalizer stays while the nodes hold the files.
+    await a.api.call("DELETE", "/v1/localmodelcaches/mistral", expect=202)
+
+    def written() -> bool:
+        llama = fake_kube.get(CACHES, "llama3").get("status") or {}
+        mistral = fake_kube.get(CACHES, "mistral").get("status") or {}
+        deleting = [c for c in mistral.get("conditions", []) if c["reason"] == "Deleting"]
+        return llama.get("copies", {}).get("available") == 1 and bool(deleting)
+
+    await until(written, "the leader wrote the statuses")
+    await asyncio.sleep(0.2)  # let it write everything it has
+    caches = {name: fake_kube.get(CACHES, name)["status"] for name in ("llama3", "mistral")}
+    nodes = {node: fake_kube.get(NODES, node)["status"] for node in A100}
+    groups = fake_kube.get(GROUPS, "a100")["status"]
+    assert caches["llama3"]["nodeStatus"] == {
+        A100[0]: "NodeDownloaded",
+        A100[1]: "NodeDownloading",
+    }
+    assert nodes[A100[1]]["modelStatus"] == {
+        "llama3": "ModelDownloading",
+        "mistral": "ModelDownloaded",
+    }
+
+    await a.kill()
+    took = await until(lambda: b.leading, "the standby takes over", within=5.0)
+    # It waited for the silent lease to expire (2 s, from when it last saw it change, which is
+    # up to a retry period before the kill), then took it at its next try.
+    assert 1.5 < took < 2.0 + FAST.retry_period * 1.2 + 1.0
+    assert lease(fake_kube)["holderIdentity"] == "coordinator-b"
+    assert lease(fake_kube)["leaseTransitions"] == 1
+    assert await b.readyz() == (200, {"status": "ready", "leader": "coordinator-b"})
+
+    # No agent has spoken to b yet: what it writes (and serves) is what a wrote.
+    await asyncio.sleep(0.3)
+    await b.api.settle()
+    assert {name: fake_kube.get(CACHES, name)["status"] for name in caches} == caches
+    assert {node: fake_kube.get(NODES, node)["status"] for node in A100} == nodes
+    assert fake_kube.get(GROUPS, "a100")["status"] == groups
+    assert CACHE_FINALIZER in fake_kube.get(CACHES, "mistral")["metadata"]["finalizers"]
+    served = await b.api.call("GET", "/v1/localmodelcaches/llama3")
+    assert served["status"]["nodeStatus"] == caches["llama3"]["nodeStatus"]
+
+    # The agents' next reports (no new registration needed) move things on from there.
+    await b.api.report(A100[0], {LLAMA: "ModelDownloaded"})
+    await b.api.report(A100[1], {LLAMA: "ModelDownloaded"})
+    await until(lambda: not fake_kube.exists(CACHES, "mistral"), "the new leader releases mistral")
+    await until(
+        lambda: fake_kube.get(CACHES, "llama3")["status"]["copies"]["available"] == 2,
+        "the new leader writes the new state",
+    )
+
+
+async def test_a_graceful_stop_releases_the_lease_and_hands_over_at_once(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    seed_cluster(fake_kube)
+    slow = replace(FAST, lease_duration=10.0, renew_deadline=6.0)  # expiry would take 10 s
+    a = await start_replica("coordinator-a", slow)
+    await until(lambda: a.leading, "the first replica leads")
+    b = await start_replica("coordinator-b", slow)
+    await a.api.register(A100[0], None)
+    await a.api.report(A100[0], {LLAMA: "ModelDownloaded"})
+
+    await a.stop()
+    assert lease(fake_kube)["holderIdentity"] == ""  # released after the last status write
+    assert fake_kube.get(CACHES, "llama3")["status"]["nodeStatus"][A100[0]] == "NodeDownloaded"
+    took = await until(lambda: b.leading, "the standby takes over", within=2.0)
+    assert took < FAST.retry_period * 1.2 + 0.5
+    assert lease(fake_kube)["holderIdentity"] == "coordinator-b"
+
+
+async def test_a_leader_that_cannot_renew_stops_acting_before_its_lease_can_expire(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    seed_cluster(fake_kube)
+    a = await start_replica("coordinator-a")
+    await until(lambda: a.leading, "it leads")
+    leading = a.api.coordinator.background[0]
+    writes = len(fake_kube.writes())
+    fake_kube.conflict_next("leases", LEASE, times=1000, namespace=NAMESPACE)  # renewals fail
+
+    took = await until(lambda: leading.done(), "it steps down", within=3.0)
+    # Within the renew deadline of its last renewal (at most a retry period before the first
+    # refused one), so well before a standby, waiting 2 s from then, could take over.
+    assert took < FAST.renew_deadline + 0.15
+    with pytest.raises(LeadershipLostError, match="no renewal got through for 1s"):
+        leading.result()
+    assert a.api.coordinator.standby is not None
+    assert (await a.readyz())[0] == 503
+    await a.api.register(A100[0], None, expect=503)
+    with pytest.raises(LeadershipLostError):
+        await a.api.coordinator.apply_cache("new", cache("new", LLAMA, "1Gi", "a100"))
+    await a.stop()  # no last statuses, no release: the Lease is not its own to write
+    assert [w for w in fake_kube.writes()[writes:] if "/leases/" not in w.path] == []
+    assert lease(fake_kube)["holderIdentity"] == "coordinator-a"
+
+
+async def test_a_leader_that_sees_another_holder_steps_down_at_once(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    seed_cluster(fake_kube)
+    a = await start_replica("coordinator-a")
+    await until(lambda: a.leading, "it leads")
+    fake_kube.patch("leases", LEASE, {"spec": {"holderIdentity": "intruder"}}, NAMESPACE)
+    took = await until(lambda: not a.leading, "it steps down", within=2.0)
+    assert took < FAST.retry_period + 0.3
+    with pytest.raises(LeadershipLostError, match="intruder holds it now"):
+        await a.api.coordinator.background[0]
+    assert await a.readyz() == (503, {"status": "standby", "leader": "intruder"})
+
+
+async def test_a_restarted_single_coordinator_keeps_the_node_reports(
+    fake_kube: FakeKubeHandle, tmp_path: Path
+) -> None:
+    """Without election too: the kube store reads reports back from the LocalModelNodes."""
+    seed_cluster(fake_kube)
+    settings = fast_settings(
+        tmp_path / "unused.db",
+        store=StoreSettings("kube", kubeconfig=fake_kube.kubeconfig),
+        heartbeat_timeout=30.0,
+    )
+    async with serving(settings) as api:
+        await api.register(A100[0], None)
+        await api.report(A100[0], {LLAMA: "ModelDownloaded"})
+        await api.settle()
+        before = fake_kube.get(CACHES, "llama3")["status"]
+    async with serving(settings) as api:
+        await api.settle()
+        assert fake_kube.get(CACHES, "llama3")["status"] == before
+        record = api.coordinator.registry.nodes[A100[0]]
+        assert record.registration is not None
+        assert record.registration.node_group is None
+        await api.report(A100[0], {LLAMA: "ModelDownloaded"})  # no new registration needed
+
+
+def test_leader_election_flags() -> None:
+    kube, _ = settings_from(["--store", "kube"], {"POD_NAME": "coordinator-7d9f-abcde"})
+    assert kube.election == ElectionSettings(identity="coordinator-7d9f-abcde")
+    assert (kube.election.lease_duration, kube.election.renew_deadline) == (15.0, 10.0)
+    assert kube.election.retry_period == 2.0
+    outside, _ = settings_from(["--store", "kube"], {})
+    assert outside.election is not None
+    assert "_" in outside.election.identity  # host_random
+    assert settings_from(["--store", "kube", "--no-leader-elect"], {})[0].election is None
+    assert settings_from([], {})[0].election is None  # the embedded store runs alone
+    scaled, _ = settings_from(
+        ["--store", "kube", "--lease-name", "mc"],
+        {"MODELCACHE_LEASE_DURATION": "6", "MODELCACHE_LEADER_ELECT": "true"},
+    )
+    assert scaled.election is not None
+    assert scaled.election.lease_name == "mc"
+    assert (scaled.election.renew_deadline, scaled.election.retry_period) == (4.0, 0.8)
+    off, _ = settings_from(["--store", "kube"], {"MODELCACHE_LEADER_ELECT": "false"})
+    assert off.election is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--leader-elect"], "--leader-elect needs --store kube"),
+        (["--store", "kube", "--lease-duration", "5", "--lease-renew-deadline", "5"], "< --lease"),
+        (["--store", "kube", "--lease-retry-period", "12"], "--lease-retry-period"),
+        (["--store", "kube", "--lease-duration", "0"], "must be positive"),
+    ],
+)
+def test_bad_leader_election_flags_say_what_to_change(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        settings_from(args, {})
+
+
+async def test_the_standby_turns_away_a_service_request_quickly(
+    fake_kube: FakeKubeHandle, start_replica: Start
+) -> None:
+    """A request that reaches a standby (probes lag) is answered at once, not held."""
+    seed_cluster(fake_kube)
+    a = await start_replica("coordinator-a")
+    await until(lambda: a.leading, "it leads")
+    b = await start_replica("coordinator-b")
+    timeout = aiohttp.ClientTimeout(total=1)
+    async with b.api.http.get(
+        f"{b.api.url}/v1/agents/gpu-a100-0/desired?generation=0&wait=30", timeout=timeout
+    ) as response:
+        assert response.status == 503
