@@ -1,8 +1,10 @@
 """Leader election between coordinator replicas, on one coordination.k8s.io/v1 Lease.
 
-Only the leader acts: it serves agents and users and writes statuses; a standby waits, answers
-not ready on /readyz (so the Service sends nobody to it) and tries to take the Lease every retry
-period. Everything the coordinator knows lives in the CRs, so a new leader starts by loading them.
+Only the leader acts: it serves agents and users and writes statuses; a standby waits and tries
+to take the Lease every retry period. Both are Ready (so a PodDisruptionBudget of one may evict
+either); the Service reaches the leader alone because it also selects `LEADER_LABEL`, which the
+leader puts on its own pod once it serves and takes off when it stops (`RoleLabel`). Everything
+the coordinator knows lives in the CRs, so a new leader starts by loading them.
 
 The rules are client-go's leaderelection: every write of the Lease is an update at the version we
 read (409: someone else was quicker, we lost that round); a standby takes the Lease over once it
@@ -24,12 +26,22 @@ import random
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from modelcache.contract.errors import ModelCacheError
+from modelcache.contract.errors import ModelCacheError, TemporaryError
 from modelcache.coordinator.settings import ElectionSettings
-from modelcache.coordinator.stores.base import LeaseKeeper, LeaseRecord, ObjectConflictError
+from modelcache.coordinator.stores.base import (
+    LeaseKeeper,
+    LeaseRecord,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    PodLabeller,
+)
 
 log = logging.getLogger(__name__)
 JITTER = 1.2  # a standby waits retry_period times up to this, so standbys do not move in step
+LEADER_LABEL = "modelcache.io/coordinator-role"
+"""On the leader's pod only; the Service selects it (daemonset/coordinator/service.yaml)."""
+LEADER = "leader"
+LABEL_BACKOFF_MAX = 30.0
 
 
 class LeadershipLostError(ModelCacheError):
@@ -55,8 +67,18 @@ class Leadership:
         """The holder last seen on the Lease (ours while leading)."""
         self.valid_until = 0.0
         """Loop time until which the leader may act without another renewal."""
+        self.lost: str | None = None
+        """Why this replica stepped down (it is about to exit), or None."""
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0  # loop time the Lease last changed under our eyes
+        self._read_at: float | None = None  # loop time the Lease was last read or written
+
+    @property
+    def in_touch(self) -> bool:
+        """The Lease was read within a lease duration: this replica reaches the API server and
+        would take over (a standby's readiness)."""
+        read_at = self._read_at
+        return read_at is not None and self._now() - read_at <= self.settings.lease_duration
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -100,9 +122,9 @@ class Leadership:
 
     def _lose(self, why: str) -> NoReturn:
         self.leading = False
+        self.lost = f"lost Lease {self.where} ({why})"
         raise LeadershipLostError(
-            f"lost Lease {self.where} ({why}): stopped writing; exiting so that this replica "
-            "restarts as a standby"
+            f"{self.lost}: stopped writing; exiting so that this replica restarts as a standby"
         )
 
     async def release(self) -> None:
@@ -144,6 +166,7 @@ class Leadership:
         )
         current = await keeper.get_lease(name)
         if current is None:
+            self._read_at = self._now()
             try:
                 self._held(await keeper.create_lease(name, mine), started)
             except ObjectConflictError:
@@ -167,6 +190,7 @@ class Leadership:
         return True
 
     def _observe(self, record: LeaseRecord) -> None:
+        self._read_at = self._now()
         if record != self._observed:
             self._observed, self._observed_at = record, self._now()
         self.holder = record.holder
@@ -180,3 +204,95 @@ class Leadership:
         self._observe(record)
         self.leading = True
         self.valid_until = started + self.settings.renew_deadline
+
+
+class RoleLabel:
+    """`LEADER_LABEL` on this replica's pod, which the Service selects by: set once the leader
+    serves, removed when it stops, and cleared at start (a leader that exited restarts in the
+    same pod, label and all). A pod that keeps a stale label (its process killed) gets no
+    traffic anyway once it fails its readiness probe, and a standby that gets a request answers
+    503, which callers retry.
+
+    Nothing to do without a pod name (outside a pod) or with a store that cannot label pods."""
+
+    def __init__(
+        self,
+        labeller: PodLabeller | None,
+        pod: str | None,
+        namespace: str,
+        *,
+        retry_period: float,
+    ) -> None:
+        self._labeller = labeller if pod else None
+        self.pod = pod or ""
+        self.where = f"pod {namespace}/{pod}"
+        self.retry_period = retry_period
+        self.marked = False
+        """The label may be on the pod (a request to set it left)."""
+        if labeller is not None and not pod:
+            log.warning(
+                "POD_NAME is not set: not labelling this replica's pod %s=%s; a Service that "
+                "selects by it (daemonset/coordinator/service.yaml) sends nothing here. Set "
+                "POD_NAME from the downward API (metadata.name)",
+                LEADER_LABEL,
+                LEADER,
+            )
+
+    async def clear(self) -> None:
+        """At start, before standing for election: this replica is not the leader (yet)."""
+        if self._labeller is not None:
+            self.marked = True  # it may be there
+            await self._set(None, "removing a stale leader label from")
+
+    async def mark(self) -> None:
+        """The leader serves: let the Service send agents and users here."""
+        if self._labeller is not None:
+            self.marked = True
+            await self._set(LEADER, "labelling")
+
+    async def unmark(self) -> None:
+        """Stopping (before the Lease is released, so that a successor's label never meets
+        ours): one try within a retry period; a pod that keeps the label is not Ready for long."""
+        if self._labeller is None or not self.marked:
+            return
+        try:
+            async with asyncio.timeout(self.retry_period):
+                await self._labeller.patch_pod_labels(self.pod, {LEADER_LABEL: None})
+        except (ModelCacheError, TimeoutError) as e:
+            log.warning("could not remove the leader label from %s: %s", self.where, e)
+            return
+        self.marked = False
+        log.info("removed the leader label from %s", self.where)
+
+    async def _set(self, value: str | None, doing: str) -> None:
+        """Retry passing faults with backoff until it gets through; give up (loudly) on a
+        refusal that retrying cannot fix (no such pod, no RBAC)."""
+        assert self._labeller is not None
+        delay = self.retry_period
+        while True:
+            try:
+                async with asyncio.timeout(max(self.retry_period * 5, 1.0)):  # one API call
+                    await self._labeller.patch_pod_labels(self.pod, {LEADER_LABEL: value})
+            except (TemporaryError, TimeoutError) as e:
+                wait = max(delay, getattr(e, "retry_after", None) or 0.0)
+                log.warning("%s %s failed (%s); retrying in %.1fs", doing, self.where, e, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, LABEL_BACKOFF_MAX)
+                continue
+            except ModelCacheError as e:
+                log.error(  # noqa: TRY400 - the message is the advice; a traceback adds nothing
+                    "%s %s failed: %s; the Service selects the leader by %s=%s: check POD_NAME "
+                    "and that the coordinator's Role may patch pods (daemonset/coordinator/"
+                    "rbac.yaml)",
+                    doing,
+                    self.where,
+                    e,
+                    LEADER_LABEL,
+                    LEADER,
+                )
+                if isinstance(e, ObjectNotFoundError):
+                    self.marked = False  # no such pod: no label to take off either
+                return
+            break
+        self.marked = value is not None
+        log.info("%s %s: done", doing, self.where)

@@ -105,7 +105,7 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/v1/agents/{node}": {"parameters": _NODE, "delete": _agent_op("Forget a node", ok="204")},
         "/healthz": {"get": _op("Liveness")},
-        "/readyz": {"get": _op("Readiness: objects loaded")},
+        "/readyz": {"get": _op("Readiness: loaded, or a standby able to take over")},
         "/metrics": {"get": _op("Prometheus metrics")},
     },
     "components": {

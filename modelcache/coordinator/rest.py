@@ -332,12 +332,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready means: send agents and users here. A standby replica never is."""
+    """Ready means: healthy, and able to serve or to take over. A standby in touch with the
+    Lease is Ready too (a PodDisruptionBudget may then evict the leader, which hands over); the
+    Service reaches the leader alone through the label the leader puts on its pod."""
     coordinator = request.app[COORDINATOR]
     leadership = coordinator.leadership
     if leadership is not None and not leadership.leading:
-        body = {"status": "standby", "leader": leadership.holder or None}
-        return _json(body, status=503)
+        body: dict[str, str | None] = {"status": "standby", "leader": leadership.holder or None}
+        if leadership.lost is not None:
+            return _json({**body, "status": "lost", "error": leadership.lost}, status=503)
+        if not leadership.in_touch:
+            error = f"has not read Lease {leadership.where} for a lease duration"
+            return _json({**body, "error": error}, status=503)
+        return _json(body)
     if not coordinator.ready.is_set():
         return _json({"status": "loading"}, status=503)
     body = {"status": "ready"}

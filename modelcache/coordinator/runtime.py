@@ -1,10 +1,11 @@
 """Start and stop a whole coordinator: store, registry, reconcile loop and REST server.
 
 Shutdown runs in phases with a deadline: stop taking requests, write the last statuses (a leader:
-only while its Lease is surely its own), release the Lease, close the store. Background tasks are
-named and watched: if one dies, the coordinator stops instead of limping on without status writes
-or without its watch. With leader election a replica stands by (listening, not ready) until it
-holds the Lease, then loads everything from the store and acts (see `leading.py`).
+only while its Lease is surely its own), take the leader label off the pod, release the Lease,
+close the store. Background tasks are named and watched: if one dies, the coordinator stops
+instead of limping on without status writes or without its watch. With leader election a replica
+stands by (listening and Ready, without the leader label the Service selects) until it holds the
+Lease, then loads everything from the store, acts and labels its pod (see `leading.py`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from aiohttp import web
 from modelcache.contract.errors import ModelCacheError, UsageError
 from modelcache.coordinator.admitting import Admission
 from modelcache.coordinator.authenticating import open_gate
-from modelcache.coordinator.leading import Leadership, LeadershipLostError
+from modelcache.coordinator.leading import Leadership, LeadershipLostError, RoleLabel
 from modelcache.coordinator.metrics import CoordinatorMetrics
 from modelcache.coordinator.registry import Registry
 from modelcache.coordinator.rest import build_app
 from modelcache.coordinator.service import Coordinator
 from modelcache.coordinator.settings import CoordinatorSettings
-from modelcache.coordinator.stores.base import LeaseKeeper, Store
+from modelcache.coordinator.stores.base import LeaseKeeper, PodLabeller, Store
 
 log = logging.getLogger(__name__)
 SHUTDOWN_DEADLINE = 5.0
@@ -49,8 +50,9 @@ async def running_coordinator(
     """A serving coordinator and its base URL; everything stops when the block ends.
 
     With leader election (`settings.election`) the block starts as a standby: listening (for
-    probes) but not ready; it loads the objects and acts once it holds the Lease. Its one
-    background task ends with `LeadershipLostError` when the Lease is lost."""
+    probes), serving nothing else; it loads the objects and acts once it holds the Lease. Its
+    one background task ends with `LeadershipLostError` when the Lease is lost. Whoever acts
+    (the leader, or a coordinator alone) labels its pod for the Service once it serves."""
     store = store or open_store(settings)
     registry = Registry(
         heartbeat_timeout=settings.heartbeat_timeout,
@@ -59,6 +61,12 @@ async def running_coordinator(
     coordinator = Coordinator(settings, store, registry, CoordinatorMetrics.create())
     try:
         coordinator.leadership = _leadership(settings, store)
+        role = RoleLabel(
+            store if isinstance(store, PodLabeller) else None,
+            settings.pod_name,
+            settings.store.namespace,
+            retry_period=settings.election.retry_period if settings.election else 2.0,
+        )
         gate = await open_gate(settings.auth, store, coordinator.metrics)
     except BaseException:
         await store.close()
@@ -85,8 +93,9 @@ async def running_coordinator(
             await coordinator.reconcile_once()
             coordinator.ready.set()
             coordinator.metrics.leading.set(1)
+            await role.mark()
         else:
-            lead = _lead_when_elected(coordinator, leadership)
+            lead = _lead_when_elected(coordinator, leadership, role)
             tasks = [asyncio.create_task(lead, name="coordinator-leading")]
             coordinator.background = tasks
         tasks.extend(admission.start_tasks())  # they wait for coordinator.ready
@@ -103,6 +112,7 @@ async def running_coordinator(
         await asyncio.gather(*tasks, return_exceptions=True)
         if leadership is None or leadership.leading:
             await _last_statuses(coordinator, leadership)  # phase 2
+        await role.unmark()  # before the release: two pods never carry the label at once
         if leadership is not None:
             await leadership.release()  # after the last write: the next leader loads it
         coordinator.metrics.leading.set(0)
@@ -122,10 +132,13 @@ def _leadership(settings: CoordinatorSettings, store: Store) -> Leadership | Non
     return Leadership(store, election, where)
 
 
-async def _lead_when_elected(coordinator: Coordinator, leadership: Leadership) -> None:
-    """Stand by until the Lease is ours; then load everything from the store and act, renewing
-    the Lease beside, until cancelled or the Lease is lost (`LeadershipLostError`, by which time
-    `leadership.leading` is already False: nothing is written or served any more)."""
+async def _lead_when_elected(
+    coordinator: Coordinator, leadership: Leadership, role: RoleLabel
+) -> None:
+    """Stand by until the Lease is ours; then load everything from the store, act and label the
+    pod, renewing the Lease beside, until cancelled or the Lease is lost (`LeadershipLostError`,
+    by which time `leadership.leading` is already False: nothing is written or served any more)."""
+    await role.clear()  # a leader that exited restarts in the same pod, with the label
     await leadership.acquire()
     store, registry = coordinator.store, coordinator.registry
     try:
@@ -142,6 +155,7 @@ async def _lead_when_elected(coordinator: Coordinator, leadership: Leadership) -
                 len(registry.caches),
                 len(registry.nodes),
             )
+            await role.mark()  # now the Service sends agents and users here
     except BaseExceptionGroup as failed:
         coordinator.ready.clear()  # what waits for it (admission) stops too
         coordinator.metrics.leading.set(0)

@@ -86,6 +86,9 @@ class CoordinatorSettings:
     auth: AuthSettings = AuthSettings()
     election: ElectionSettings | None = None
     """None: this coordinator acts alone (the embedded store, or `--no-leader-elect`)."""
+    pod_name: str | None = None
+    """This replica's pod (POD_NAME, from the downward API), which the kube store labels
+    `modelcache.io/coordinator-role: leader` while it leads; None outside a pod: no label."""
     webhook: WebhookSettings | None = None
     """The admission webhooks' HTTPS listener; None: not served (`--webhook-listen`)."""
     host: str = "127.0.0.1"
@@ -222,6 +225,7 @@ def settings_from(
         status_interval=seconds("status_interval", 1.0),
         auth=_auth(pick, store),
         election=_election(pick, seconds, store, env),
+        pod_name=env.get("POD_NAME") or None,
         webhook=webhook_settings_from(pick, store.kind),
     )
     return settings, bool(parsed.verbose)

@@ -116,7 +116,8 @@ async def proxy_to(url: str) -> AsyncIterator[TcpProxy]:
 @contextlib.asynccontextmanager
 async def service(backends: Callable[[], Iterable[str]]) -> AsyncIterator[TcpProxy]:
     """A Kubernetes Service: new connections go to a backend whose `/readyz` answered 200 at the
-    last probe (every 50 ms, as endpoints follow readiness probes); none ready: refused."""
+    last probe (every 50 ms, as endpoints follow readiness probes) among those `backends()`
+    names at that probe (the pods its selector matches now); none ready: refused."""
     ready: list[Address] = []
 
     async def probe(http: aiohttp.ClientSession) -> None:

@@ -1,5 +1,6 @@
 """Issue 5's HA scenario end to end: two coordinator replicas on the fake API server behind a
-Service (a proxy to whichever replica is ready), a real agent pulling from the Hub origin. The
+Service (a proxy to the Ready replica whose pod carries the leader label, which both replicas'
+readiness alone would not single out), a real agent pulling from the Hub origin. The
 leader is killed; the agent, retrying through the Service, carries on with the new leader, which
 handles what happens next: a cache deleted, its files removed, its finalizer released."""
 
@@ -14,7 +15,7 @@ import pytest
 from modelcache.agent.settings import KubeAccess
 from modelcache.contract.objects import CACHE_FINALIZER
 from tests.coordinator.conftest import cache, fast_settings, node_group
-from tests.coordinator.replicas import Replica, Start, replicas
+from tests.coordinator.replicas import Replica, Start, labelled, replicas
 from tests.coordinator.tcp_proxy import service
 from tests.coordinator.test_kube_store import CACHES, GROUPS, NODES, kube_node
 from tests.e2e.conftest import KEY, REPO_URI, Cluster, eventually
@@ -45,9 +46,13 @@ async def test_the_agent_carries_on_with_the_new_leader_after_the_leader_is_kill
     a = await start_replica("coordinator-a")
     await eventually(lambda: a.leading, "the first replica leads", 5)
     b = await start_replica("coordinator-b")
-    running: list[Replica] = [a, b]
+    running: list[Replica] = [a, b]  # as Ready (a killed pod fails its probe)
+
+    def selected() -> list[str]:
+        return [r.api.url for r in running if r.name in labelled(fake_kube)]
+
     cluster = Cluster(hub, tmp_path / "nodes", fast_settings(tmp_path / "unused.db"))
-    async with service(lambda: [r.api.url for r in running]) as endpoint:
+    async with service(selected) as endpoint:
         try:
             await cluster.start_agent(
                 NODE, None, coordinator=endpoint.url, kube=KubeAccess(api_url=fake_kube.url)
@@ -67,6 +72,7 @@ async def test_the_agent_carries_on_with_the_new_leader_after_the_leader_is_kill
             running.remove(a)
             await a.kill()
             await eventually(lambda: b.leading, "the standby takes over", 5)
+            await eventually(lambda: "coordinator-b" in labelled(fake_kube), "b labels its pod", 5)
             # The new leader starts from what the old one wrote: nothing regressed.
             assert _status(fake_kube, "tiny")["nodeStatus"] == {NODE: "NodeDownloaded"}
             assert _status(fake_kube, "tiny")["copies"] == {"total": 1, "available": 1, "failed": 0}

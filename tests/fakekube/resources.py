@@ -81,6 +81,10 @@ RESOURCES: tuple[ResourceSpec, ...] = (
         custom=True,
     ),
     ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
+    # The coordinator's own pods, which the leader labels for the Service.
+    ResourceSpec(
+        "", "v1", "pods", "Pod", namespaced=True, status_subresource=True, status_on_create=True
+    ),
 )
 
 

@@ -176,6 +176,27 @@ async def test_leases_are_namespaced(fake_kube: FakeKubeHandle, kube_api: ApiCli
     assert mismatch.value.status == 400
 
 
+async def test_pods_are_namespaced_and_take_label_merge_patches(
+    fake_kube: FakeKubeHandle, core: client.CoreV1Api
+) -> None:
+    """What a Service's selector sees: the coordinator's leader labels its own pod."""
+    labels = {"app.kubernetes.io/name": "modelcache-coordinator"}
+    fake_kube.create("pods", {"metadata": {"name": "c-0", "namespace": "ns", "labels": labels}})
+    fake_kube.create("pods", {"metadata": {"name": "c-0", "namespace": "other"}})
+    merge: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+    await core.patch_namespaced_pod("c-0", "ns", {"metadata": {"labels": {"role": "x"}}}, **merge)
+    selected = fake_kube.list("pods", "ns", label_selector="role=x")
+    assert [(p["metadata"]["name"], p["metadata"]["labels"]) for p in selected] == [
+        ("c-0", {**labels, "role": "x"})
+    ]
+    await core.patch_namespaced_pod("c-0", "ns", {"metadata": {"labels": {"role": None}}}, **merge)
+    assert fake_kube.get("pods", "c-0", "ns")["metadata"]["labels"] == labels
+    assert fake_kube.list("pods", "other", label_selector="role=x") == []
+    with pytest.raises(ApiException) as missing:
+        await core.patch_namespaced_pod("c-1", "ns", {"metadata": {"labels": {}}}, **merge)
+    assert missing.value.status == 404
+
+
 async def test_exact_list_reads_the_past_until_compacted(
     fake_kube: FakeKubeHandle, crd: client.CustomObjectsApi
 ) -> None:
@@ -215,7 +236,7 @@ async def test_discovery(kube_api: ApiClient) -> None:
         "localmodelnodes/status",
     }
     nodes = await client.CoreV1Api(kube_api).get_api_resources()
-    assert {r.name for r in nodes.resources} == {"nodes", "nodes/status"}
+    assert {r.name for r in nodes.resources} == {"nodes", "nodes/status", "pods", "pods/status"}
 
 
 def test_handle_helpers_write_any_field(fake_kube: FakeKubeHandle) -> None:
@@ -229,5 +250,5 @@ def test_handle_helpers_write_any_field(fake_kube: FakeKubeHandle) -> None:
     with pytest.raises(ApiError) as missing:
         fake_kube.get(CACHES, "llama")
     assert missing.value.code == 404
-    with pytest.raises(KeyError, match="unknown resource 'pods'"):
-        fake_kube.list("pods")
+    with pytest.raises(KeyError, match="unknown resource 'secrets'"):
+        fake_kube.list("secrets")

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
+from modelcache.coordinator.leading import LEADER, LEADER_LABEL
 from tests.manifests.tools import DAEMONSET, render
 
 NODE_GROUP_LABEL = "serving.kserve.io/nodegroup"
 OVERLAYS = sorted(p.name for p in (DAEMONSET / "agent" / "overlays").iterdir() if p.is_dir())
 Obj = dict[str, Any]
+RUNTIME_LABELS = {"modelcache-coordinator": {LEADER_LABEL: LEADER}}
+"""Labels a workload's pods take while running: the coordinator's leader labels its own pod."""
 
 
 def _everything() -> list[Obj]:
@@ -149,12 +152,40 @@ def test_the_coordinator_runs_two_replicas_that_a_drain_cannot_both_take() -> No
     assert _matches(budget["spec"]["selector"]["matchLabels"], labels)
 
 
+def test_the_coordinator_service_reaches_the_leader_while_both_replicas_are_ready() -> None:
+    """Both replicas pass /readyz (a standby too), so minAvailable 1 lets a drain evict either
+    (disruptionsAllowed = 2 healthy - 1); the Service also selects the label the leader puts on
+    its own pod, so agents and users reach the leader alone."""
+    deployment = _one("Deployment", "modelcache-coordinator")
+    template = deployment["spec"]["template"]["metadata"]["labels"]
+    assert LEADER_LABEL not in template, "the leader sets it; a static one would select both"
+    selector = _one("Service", "modelcache-coordinator")["spec"]["selector"]
+    assert selector[LEADER_LABEL] == LEADER
+    assert _matches(selector, {**template, LEADER_LABEL: LEADER})
+    assert not _matches(selector, template)  # a standby's pod
+    budget = _one("PodDisruptionBudget", "modelcache-coordinator")["spec"]
+    assert LEADER_LABEL not in budget["selector"]["matchLabels"]  # it counts both replicas
+    assert deployment["spec"]["replicas"] - budget["minAvailable"] >= 1
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = _env(container)
+    # The pod the leader labels, and the namespace its Role lets it patch pods in.
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    role = _one("Role", "modelcache-coordinator-leader-election")
+    assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+
+
 def test_services_select_pods_and_name_their_ports() -> None:
     for service in _of("Service"):
         matched = [
             w
             for w in _workloads()
-            if _matches(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+            if _matches(
+                service["spec"]["selector"],
+                {
+                    **w["spec"]["template"]["metadata"]["labels"],
+                    **RUNTIME_LABELS.get(w["metadata"]["name"], {}),
+                },
+            )
         ]
         assert matched, f"Service {service['metadata']['name']} selects no pods"
         for workload in matched:
@@ -219,6 +250,8 @@ def test_the_coordinator_has_what_its_code_uses() -> None:
     election = _rules("Role", "modelcache-coordinator-leader-election")
     assert _allows(election, "coordination.k8s.io", "leases", "create")
     assert _allows(election, "coordination.k8s.io", "leases", "update")
+    assert _allows(election, "", "pods", "patch")  # the leader label, in its namespace only
+    assert not _allows(rules, "", "pods", "patch")
 
 
 def test_no_rbac_rule_uses_wildcards() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -124,3 +125,13 @@ class LeaseKeeper(Protocol):
 
     async def update_lease(self, name: str, record: LeaseRecord) -> LeaseRecord:
         """Replace it if it is still at `record.version`, else raise `ObjectConflictError`."""
+
+
+@runtime_checkable
+class PodLabeller(Protocol):
+    """A store that can label this replica's own pod (the kube store): the leader marks its pod
+    so that the Service, which selects by that label, sends agents and users to it alone."""
+
+    async def patch_pod_labels(self, pod: str, labels: Mapping[str, str | None]) -> None:
+        """Merge patch of the pod's `metadata.labels` in the store's namespace (None removes a
+        label). Raises `ObjectNotFoundError` when there is no such pod."""

@@ -6,7 +6,8 @@ node's last report comes back from its LocalModelNode (`restoring.py`) at load. 
 spec and metadata through create/replace with optimistic concurrency, statuses through the status
 subresource as JSON merge patches that carry only what changed (a key that went away is sent as
 null), 409 Conflict retried on a fresh read. The leader-election Lease is read and replaced at
-the version read (`leading.py` runs the election).
+the version read (`leading.py` runs the election), and the leader labels its own pod for the
+Service.
 """
 
 from __future__ import annotations
@@ -360,6 +361,21 @@ class KubeStore:
             )
 
         return lease_record(await self._call(replace, f"updating Lease {namespace}/{name}"))
+
+    # --- the leader's pod label -----------------------------------------------------------------
+
+    async def patch_pod_labels(self, pod: str, labels: Mapping[str, str | None]) -> None:
+        """Needs `patch` on pods in the store's namespace (the coordinator's namespaced Role)."""
+        core = client.CoreV1Api(await self._client())
+        namespace = self.settings.store.namespace
+        body = {"metadata": {"labels": dict(labels)}}
+
+        async def patch() -> JsonObject:
+            return await _read_json(
+                await core.patch_namespaced_pod(pod, namespace, body, **_AS_MERGE_PATCH, **_RAW)
+            )
+
+        await self._call(patch, f"labelling pod {namespace}/{pod}")
 
     # --- writing objects ------------------------------------------------------------------------
 
