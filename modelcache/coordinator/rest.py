@@ -86,20 +86,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def _body(request: web.Request) -> Any:
-    if "yaml" not in request.content_type:  # agents report thousands of times a second
-        raw = await request.read()
-        if not raw.strip():
-            raise _empty()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise UsageError(f"the request body is not valid {_format(request)}: {e}") from e
-    text = await request.text()
-    if not text.strip():
+    raw = await request.read()
+    if not raw.strip():
         raise _empty()
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        if "yaml" in request.content_type:
+            return yaml.safe_load(raw)
+        return orjson.loads(raw)  # agents report thousands of times a second: the fast parser
+    except (orjson.JSONDecodeError, yaml.YAMLError) as e:
         raise UsageError(f"the request body is not valid {_format(request)}: {e}") from e
 
 
