@@ -34,7 +34,7 @@ SHUTDOWN_DEADLINE = 5.0
 
 def open_store(settings: CoordinatorSettings) -> Store:
     if settings.store.kind == "kube":
-        from modelcache.coordinator.stores.kube_store import KubeStore  # only kube mode loads it
+        from modelcache.coordinator.stores.kube import KubeStore  # only kube mode loads it
 
         return KubeStore(settings)
     from modelcache.coordinator.stores.sqlite_store import SqliteStore
