@@ -314,6 +314,15 @@ class Registry:
                 current.update(node, self.nodes.get(node), now, timeout)
         return current
 
+    def observe_inference_service(self, event: str, raw: Mapping[str, Any]) -> None:
+        """A watched InferenceService: the caches it joined or left list it in their status."""
+        changed = self.inference_services.observe(event, raw)
+        self.dirty.touch_caches(changed & self.caches.keys())
+
+    def forget_inference_services(self) -> None:
+        """Before a fresh listing of InferenceServices."""
+        self.dirty.touch_caches(self.inference_services.clear() & self.caches.keys())
+
     def cache_with_status(self, name: str) -> JsonObject:
         return {**self.cache_objects[name], "status": self._cache_status(name, 0.0)[2]}
 
@@ -336,7 +345,9 @@ class Registry:
             self.placement,
             self.aggregate(name),
             self.conditions,
-            list(previous.get("inferenceServices") or []),
+            self.inference_services.status_of(name)
+            if self.inference_services.watched
+            else list(previous.get("inferenceServices") or []),
             self._deleting_message(cache) if cache.deleting else "",
         )
         self._statuses[name] = rendered = (version, now, status)

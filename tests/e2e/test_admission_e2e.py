@@ -184,8 +184,16 @@ async def test_pulled_models_label_nodes_and_bound_isvcs_are_pinned_to_them(
     assert refusal["allowed"] is False
     assert refusal["status"]["code"] == 409
     assert "team-a/chat" in refusal["status"]["message"]
+
+    def users_in_status() -> list[dict[str, str]]:
+        status = kserve_kube.get(CACHES, "tiny").get("status") or {}
+        return list(status.get("inferenceServices") or [])
+
+    using = [{"namespace": "team-a", "name": "chat"}]
+    await eventually(lambda: users_in_status() == using, "KServe's status lists its user", 5)
     kserve_kube.delete(ISVCS, "chat", namespace="team-a")
     await eventually(lambda: registry.inference_services.using("tiny") == [], "ISVC gone", 5)
+    await eventually(lambda: users_in_status() == [], "and no longer once it is gone", 5)
     allowed = await webhooks.review(
         VALIDATE_CACHE_PATH, kind=CACHE_KIND, operation="DELETE", name="tiny", oldObject=None
     )

@@ -87,7 +87,7 @@ class Watcher:
             for gone in set(registry.groups) - names:
                 registry.remove_group(gone)
         elif plural == ISVCS:
-            registry.inference_services.clear()
+            registry.forget_inference_services()
         elif plural == "nodes":
             for gone in [n for n, r in registry.nodes.items() if r.in_cluster and n not in names]:
                 registry.remove_cluster_node(gone)
@@ -156,7 +156,7 @@ class Watcher:
     async def _apply(self, registry: Registry, plural: str, kind: str, raw: JsonObject) -> None:
         name = raw["metadata"]["name"]
         if plural == ISVCS:
-            registry.inference_services.observe(kind, raw)
+            registry.observe_inference_service(kind, raw)
             return
         view = self._view
         if plural == NODES:  # ours: only remember what exists and what its status is
