@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aiolimiter import AsyncLimiter
@@ -164,10 +166,10 @@ class ModelKeeper:
         self,
         into: dict[str, asyncio.Task[None]],
         key: str,
-        work: object,
+        work: Coroutine[Any, Any, None],
         name: str,
     ) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
+        task = asyncio.create_task(work, name=name)
         into[key] = task
 
         def finished(done: asyncio.Task[None]) -> None:

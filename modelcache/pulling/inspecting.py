@@ -26,7 +26,7 @@ class PublishedModel:
     @property
     def digest_mismatch(self) -> bool:
         """Same sizes, different bytes: the next pull must re-hash instead of trusting files."""
-        return any("differs" in p.reason for p in self.problems)
+        return any(p.content_differs for p in self.problems)
 
     def describe_problems(self, limit: int = 3) -> str:
         shown = "; ".join(f"{p.path}: {p.reason}" for p in self.problems[:limit])

@@ -102,6 +102,8 @@ def hash_file(path: Path, digest: Digest, size: int) -> str:
 class VerifyProblem:
     path: str
     reason: str
+    content_differs: bool = False
+    """Right size, wrong bytes: only a digest shows it, so a re-pull must not trust the file."""
 
 
 def check_published(
@@ -131,7 +133,8 @@ def check_published(
         elif (digests or touched) and f.digest is not None:
             actual = hash_file(path, f.digest, f.size)
             if actual != f.digest.hex.lower():
-                problems.append(VerifyProblem(f.path, f"{f.digest.algorithm} {actual} differs"))
+                reason = f"{f.digest.algorithm} {actual} differs"
+                problems.append(VerifyProblem(f.path, reason, content_differs=True))
     if dest.is_dir():
         for dirpath, _dirs, files in os.walk(dest):
             for name in files:
