@@ -6,6 +6,9 @@ Three calls, all JSON:
   (`RawDesired`). Returns at once when the list's generation differs from G, otherwise waits up to
   SECONDS (long poll) and answers the same generation. The list is a positive instruction: what is
   not in it may be deleted.
+  Each model lists the node's peers for it (nodes of the same group, with their agent URL, that
+  hold or are pulling it; none when peer fetching is off for the cache or the group), and the list
+  carries the group's ``peerToken``: what agents of the group show each other (see `peer_wire`).
 - ``POST /v1/agents/{node}/status`` with `RawStatusReport`: the full state of every model the node
   holds or works on (a storage key absent from the report is not on the node). Sent on change and
   as the heartbeat.
@@ -53,18 +56,25 @@ class RawRegistered(TypedDict):
     heartbeatSeconds: float
 
 
+class RawPeer(TypedDict):
+    node: str
+    url: str
+
+
 class RawDesiredModel(TypedDict):
     storageKey: str
     sourceModelUri: str
     modelSizeBytes: int
     caches: list[str]
     nodeGroup: str
+    peers: NotRequired[list[RawPeer]]
 
 
 class RawDesired(TypedDict):
     generation: int
     nodeGroup: str | None
     models: list[RawDesiredModel]
+    peerToken: NotRequired[str | None]
 
 
 class RawModelReport(TypedDict):
@@ -206,6 +216,13 @@ def model_report_to_raw(report: ModelReport) -> RawModelReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Peer:
+    node: str
+    url: str
+    """The peer agent's base URL (what it registered as `address`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class WantedModel:
     """One model the coordinator wants on a node (the agent's view of `RawDesiredModel`)."""
 
@@ -214,6 +231,7 @@ class WantedModel:
     model_size_bytes: int
     caches: tuple[str, ...]
     node_group: str
+    peers: tuple[Peer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +240,36 @@ class DesiredList:
     node_group: str | None
     models: Mapping[str, WantedModel]
     """By storage key."""
+    peer_token: str | None = None
+    """The node group's token for peer requests (sent and accepted)."""
+
+
+def _peers(raw: object, field: str) -> tuple[Peer, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise FieldError(field, "must be a list of {node, url}")
+    peers = []
+    for i, item in enumerate(raw):
+        peer = _object(item, f"{field}[{i}]")
+        node, url = _text(peer, "node", f"{field}[{i}]"), _text(peer, "url", f"{field}[{i}]")
+        if not node or not url or not url.startswith(("http://", "https://")):
+            raise FieldError(f"{field}[{i}]", "needs node and an http(s) url")
+        peers.append(Peer(node, url.rstrip("/")))
+    return tuple(peers)
+
+
+def desired_model_to_raw(model: WantedModel) -> RawDesiredModel:
+    raw: RawDesiredModel = {
+        "storageKey": model.storage_key,
+        "sourceModelUri": model.source_model_uri,
+        "modelSizeBytes": model.model_size_bytes,
+        "caches": list(model.caches),
+        "nodeGroup": model.node_group,
+    }
+    if model.peers:
+        raw["peers"] = [{"node": p.node, "url": p.url} for p in model.peers]
+    return raw
 
 
 def parse_desired(raw: object) -> DesiredList:
@@ -248,25 +296,25 @@ def parse_desired(raw: object) -> DesiredList:
             model_size_bytes=_count(model, "modelSizeBytes", field, default=0),
             caches=tuple(caches),
             node_group=_text(model, "nodeGroup", field) or "",
+            peers=_peers(model.get("peers"), f"{field}.peers"),
         )
     group = body.get("nodeGroup")
     if group is not None and not isinstance(group, str):
         raise FieldError("nodeGroup", "must be a string or null")
-    return DesiredList(_count(body, "generation", "body", default=0), group, wanted)
+    return DesiredList(
+        _count(body, "generation", "body", default=0),
+        group,
+        wanted,
+        peer_token=_text(body, "peerToken", "body") or None,
+    )
 
 
 def desired_to_raw(desired: DesiredList) -> RawDesired:
-    return {
+    raw: RawDesired = {
         "generation": desired.generation,
         "nodeGroup": desired.node_group,
-        "models": [
-            {
-                "storageKey": m.storage_key,
-                "sourceModelUri": m.source_model_uri,
-                "modelSizeBytes": m.model_size_bytes,
-                "caches": list(m.caches),
-                "nodeGroup": m.node_group,
-            }
-            for m in desired.models.values()
-        ],
+        "models": [desired_model_to_raw(m) for m in desired.models.values()],
     }
+    if desired.peer_token:
+        raw["peerToken"] = desired.peer_token
+    return raw

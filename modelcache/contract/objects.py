@@ -28,6 +28,9 @@ NODE_GROUP_KIND: Final = "LocalModelNodeGroup"
 NODE_KIND: Final = "LocalModelNode"
 DEFAULT_NODE_GROUP_LABEL: Final = "serving.kserve.io/nodegroup"
 CACHE_FINALIZER: Final = "localmodel.kserve.io/finalizer"
+PEER_FETCH_ANNOTATION: Final = "modelcache.io/peer-fetch"
+"""``"false"`` on a LocalModelCache or a LocalModelNodeGroup: its nodes fetch from the origin only
+(an annotation, so KServe's schema and clients are untouched)."""
 
 JsonObject = dict[str, Any]
 
@@ -64,6 +67,8 @@ class ModelCache:
     node_groups: tuple[str, ...]
     service_account_name: str | None
     storage_key: str  # KServe's folder name, derived from source_model_uri once
+    peer_fetch: bool = True
+    """False when annotated modelcache.io/peer-fetch: "false"."""
 
     @property
     def name(self) -> str:
@@ -79,6 +84,8 @@ class NodeGroup:
     meta: Meta
     storage_limit: int
     storage_limit_text: str
+    peer_fetch: bool = True
+    """False when annotated modelcache.io/peer-fetch: "false"."""
 
     @property
     def name(self) -> str:
@@ -155,6 +162,18 @@ def _parse_meta(raw: Mapping[str, Any]) -> Meta:
     )
 
 
+def _peer_fetch(raw: Mapping[str, Any]) -> bool:
+    metadata = _mapping(raw.get("metadata", {}), "metadata")
+    annotations = _mapping(metadata.get("annotations") or {}, "metadata.annotations")
+    value = annotations.get(PEER_FETCH_ANNOTATION, "true")
+    if value not in ("true", "false"):
+        raise FieldError(
+            f"metadata.annotations[{PEER_FETCH_ANNOTATION}]",
+            f'must be "true" or "false", got {value!r}',
+        )
+    return bool(value == "true")
+
+
 def _positive_quantity(value: object, field: str) -> tuple[int, str]:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise FieldError(field, "is required: a Kubernetes quantity such as 10Gi or 500M")
@@ -176,6 +195,7 @@ def normalize_cache(raw: Mapping[str, Any]) -> JsonObject:
     raw = _mapping(raw, "object")
     _check_kind(raw, CACHE_KIND)
     _parse_meta(raw)
+    _peer_fetch(raw)
     spec = dict(_mapping(raw.get("spec"), "spec"))
     if "nodeGroup" in spec:
         alias = spec.pop("nodeGroup")
@@ -207,6 +227,7 @@ def normalize_node_group(raw: Mapping[str, Any]) -> JsonObject:
     raw = _mapping(raw, "object")
     _check_kind(raw, NODE_GROUP_KIND)
     _parse_meta(raw)
+    _peer_fetch(raw)
     spec = dict(_mapping(raw.get("spec"), "spec"))
     _, spec["storageLimit"] = _positive_quantity(spec.get("storageLimit"), "spec.storageLimit")
     for optional in ("persistentVolumeSpec", "persistentVolumeClaimSpec"):
@@ -236,6 +257,7 @@ def parse_cache(raw: Mapping[str, Any]) -> ModelCache:
         node_groups=tuple(spec["nodeGroups"]),
         service_account_name=spec.get("serviceAccountName"),
         storage_key=storage_key(spec["sourceModelUri"]),
+        peer_fetch=_peer_fetch(normalized),
     )
 
 
@@ -243,5 +265,8 @@ def parse_node_group(raw: Mapping[str, Any]) -> NodeGroup:
     normalized = normalize_node_group(raw)
     limit, limit_text = _positive_quantity(normalized["spec"]["storageLimit"], "spec.storageLimit")
     return NodeGroup(
-        meta=_parse_meta(normalized), storage_limit=limit, storage_limit_text=limit_text
+        meta=_parse_meta(normalized),
+        storage_limit=limit,
+        storage_limit_text=limit_text,
+        peer_fetch=_peer_fetch(normalized),
     )

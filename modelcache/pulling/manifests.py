@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,9 @@ class ManifestFile:
     path: str
     size: int
     digest: Digest | None
+    chunk_digests: tuple[str, ...] = ()
+    """sha256 of each chunk (of the manifest's `chunk_size`), when every chunk's is known: what
+    peers check chunk copies against."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +32,33 @@ class Manifest:
     fingerprint: str
     files: tuple[ManifestFile, ...]
     finished_at: datetime
+    chunk_size: int = 0
+    """The chunk size of `ManifestFile.chunk_digests` (0: none kept)."""
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
     @classmethod
-    def for_listing(cls, listing: RemoteListing, finished_at: datetime | None = None) -> Manifest:
+    def for_listing(
+        cls,
+        listing: RemoteListing,
+        finished_at: datetime | None = None,
+        *,
+        chunk_size: int = 0,
+        chunk_digests: Sequence[tuple[str, ...]] = (),
+    ) -> Manifest:
+        digests = list(chunk_digests) or [()] * len(listing.files)
         return cls(
             source=listing.source,
             revision=listing.revision,
             fingerprint=listing.fingerprint(),
-            files=tuple(ManifestFile(f.path, f.size, f.digest) for f in listing.files),
+            files=tuple(
+                ManifestFile(f.path, f.size, f.digest, chunks)
+                for f, chunks in zip(listing.files, digests, strict=True)
+            ),
             finished_at=finished_at or datetime.now(UTC),
+            chunk_size=chunk_size if any(digests) else 0,
         )
 
     def to_json(self) -> str:
@@ -52,6 +70,7 @@ class Manifest:
                 "fingerprint": self.fingerprint,
                 "finishedAt": self.finished_at.isoformat(),
                 "totalBytes": self.total_bytes,
+                "chunkSize": self.chunk_size,
                 "files": [
                     {
                         "path": f.path,
@@ -61,6 +80,7 @@ class Manifest:
                             if f.digest
                             else None
                         ),
+                        "chunks": list(f.chunk_digests),
                     }
                     for f in self.files
                 ],
@@ -83,6 +103,7 @@ class Manifest:
                     digest=Digest(cast(DigestAlgorithm, digest["algorithm"]), str(digest["hex"]))
                     if digest
                     else None,
+                    chunk_digests=tuple(str(d) for d in entry.get("chunks") or ()),
                 )
             )
         return cls(
@@ -91,6 +112,7 @@ class Manifest:
             fingerprint=str(raw["fingerprint"]),
             files=tuple(files),
             finished_at=datetime.fromisoformat(str(raw["finishedAt"])),
+            chunk_size=int(raw.get("chunkSize") or 0),
         )
 
 

@@ -23,17 +23,23 @@ from modelcache.contract.errors import (
     ModelCacheError,
     SourceNotFoundError,
 )
+from modelcache.contract.peer_wire import FILE_PATH
 from modelcache.contract.quantities import format_bytes
 from modelcache.contract.uris import ModelSource, parse_source_uri
 from modelcache.pulling.capacity import disk_error, ensure_free_space
 from modelcache.pulling.directio import ALIGN, open_direct
-from modelcache.pulling.fetching import ChunkFetcher
+from modelcache.pulling.fetching import ChunkFetcher, PeerChunk
 from modelcache.pulling.journaling import Journal, open_journal
 from modelcache.pulling.listing import RemoteListing
 from modelcache.pulling.manifests import Manifest, read_manifest, write_manifest
-from modelcache.pulling.planning import Chunk, in_fetch_order, plan_chunks
+from modelcache.pulling.peering import BoardFile, ChunkBoard, PeerGroup
+from modelcache.pulling.peering.board import fill_published
+from modelcache.pulling.peering.errors import PeerError
+from modelcache.pulling.peering.tracking import PeerTracker
+from modelcache.pulling.planning import in_fetch_order, plan_chunks
 from modelcache.pulling.reusing import link_unchanged
 from modelcache.pulling.safety import check_listing
+from modelcache.pulling.scheduling import ChunkScheduler
 from modelcache.pulling.settings import PullSettings, SourceCredentials
 from modelcache.pulling.sources import list_source
 from modelcache.pulling.staging import (
@@ -62,6 +68,8 @@ class PullProgress:
     total: int
     fetched: int = 0
     """Bytes that crossed the network in this run (`done` also counts what a resume kept)."""
+    from_peers: int = 0
+    """Of `fetched`, the bytes that came from peers rather than the origin."""
 
 
 ProgressCallback = Callable[[PullProgress], None]
@@ -79,6 +87,20 @@ class PullResult:
     seconds: float
     up_to_date: bool
     """True when the destination already held this exact revision and nothing was fetched."""
+    peer_bytes: int = 0
+    """Of `fetched_bytes`, the bytes that came from peers rather than the origin."""
+
+
+def open_peer_session(settings: PullSettings) -> aiohttp.ClientSession:
+    """Peers get their own pool: their long polls must never take the origin's connections."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=settings.peers_per_chunk_request + 1)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.peer_stall_timeout),
+        auto_decompress=False,
+        read_bufsize=256 * 1024,
+        headers={"User-Agent": "modelcache"},
+    )
 
 
 def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
@@ -106,12 +128,17 @@ async def pull(
     progress: ProgressCallback | None = None,
     verify_digests: bool = False,
     limiter: AsyncLimiter | None = None,
+    peers: PeerGroup | None = None,
+    board: ChunkBoard | None = None,
 ) -> PullResult:
     """Pull `uri` into the folder `dest`, resuming a partial pull of the same source.
 
     `verify_digests` re-hashes an already published model instead of checking sizes only.
     `limiter` (bytes per second) is shared with other pulls when several must fit one cap;
-    without it `settings.max_bandwidth` caps this pull alone.
+    without it `settings.max_bandwidth` caps this pull alone (peer bytes are not capped by it).
+    `peers`: fetch chunks from these peers where they have them, from the origin otherwise.
+    `board`: kept current with the verified chunks this pull holds, for serving peers; it is
+    completed on publish (pointing at `dest`) and closed when the pull fails.
     """
     started = time.monotonic()
     source = source or parse_source_uri(uri)
@@ -128,6 +155,9 @@ async def pull(
         with _local_disk_errors(paths.dest), exclusive_lock(paths):
             await asyncio.to_thread(recover_publish, paths)
             if await _already_published(paths, listing, verify_digests):
+                manifest = await asyncio.to_thread(read_manifest, paths.manifest)
+                if board is not None and manifest is not None:
+                    fill_published(board, manifest, paths.dest)
                 return _result(paths, listing, fetched=0, started=started, up_to_date=True)
             await asyncio.to_thread(_refuse_foreign_destination, paths)
             run = _PullRun(
@@ -138,13 +168,32 @@ async def pull(
                 progress,
                 limiter,
                 trust_published=not verify_digests,
+                peers=peers,
+                board=board,
             )
-            fetched = await run.execute()
-    return _result(paths, listing, fetched=fetched, started=started, up_to_date=False)
+            try:
+                fetched = await run.execute()
+            finally:
+                if board is not None and not board.complete:
+                    board.close()
+    return _result(
+        paths,
+        listing,
+        fetched=fetched,
+        started=started,
+        up_to_date=False,
+        peer_bytes=run.from_peers,
+    )
 
 
 def _result(
-    paths: StagingPaths, listing: RemoteListing, *, fetched: int, started: float, up_to_date: bool
+    paths: StagingPaths,
+    listing: RemoteListing,
+    *,
+    fetched: int,
+    started: float,
+    up_to_date: bool,
+    peer_bytes: int = 0,
 ) -> PullResult:
     return PullResult(
         dest=paths.dest,
@@ -155,6 +204,7 @@ def _result(
         fetched_bytes=fetched,
         seconds=time.monotonic() - started,
         up_to_date=up_to_date,
+        peer_bytes=peer_bytes,
     )
 
 
@@ -193,8 +243,13 @@ class _PullRun:
         limiter: AsyncLimiter | None,
         *,
         trust_published: bool,
+        peers: PeerGroup | None = None,
+        board: ChunkBoard | None = None,
     ) -> None:
         self._listing = listing
+        self._peers = peers
+        self._board = board
+        self.from_peers = 0
         self._limiter = limiter
         self._trust_published = trust_published
         self._paths = paths
@@ -222,6 +277,17 @@ class _PullRun:
             FileTransfer(i, f, paths.files / f.path, plan[i], finished)
             for i, f in enumerate(listing.files)
         ]
+        self._chunk_size = chunk_size
+        if self._board is not None:
+            self._board.start(
+                listing.fingerprint(),
+                chunk_size,
+                [BoardFile(f.path, f.size) for f in listing.files],
+                paths.files,
+            )
+            for (file_index, chunk_index), digest in finished.items():
+                if digest:
+                    self._board.add(file_index, chunk_index, digest)
         try:
             if self._trust_published:
                 reused = await self._in_thread(link_unchanged, paths, transfers, journal)
@@ -238,7 +304,9 @@ class _PullRun:
             await self._in_thread(_open_and_preallocate, transfers, self._settings.direct_io)
             self._done_bytes = sum(t.bytes_written for t in transfers)
             await self._transfer_all(transfers, journal)
-            await self._in_thread(self._publish)
+            await self._in_thread(self._publish, transfers)
+            if self._board is not None:
+                self._board.published(self._paths.dest)
         finally:
             # Brief: what is running is at most one block write or hash read per thread.
             self._writes.shutdown(wait=True, cancel_futures=True)
@@ -248,50 +316,89 @@ class _PullRun:
         return self._fetched
 
     async def _transfer_all(self, transfers: list[FileTransfer], journal: Journal) -> None:
-        queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
-        for chunk in in_fetch_order([t.chunks for t in transfers]):
-            if not transfers[chunk.file_index].done[chunk.index]:
-                queue.put_nowait(chunk)
-        fetcher = ChunkFetcher(
-            self._session,
-            self._listing.request_headers,
-            self._settings,
-            journal,
-            self._writes,
-            self._on_written,
-            self._limiter,
-        )
-        workers = self._settings.concurrency
-        with _first_error_of_group():
-            async with asyncio.TaskGroup() as group:
-                for i in range(workers):
-                    group.create_task(
-                        self._work(queue, fetcher, transfers), name=f"pull-worker-{i}"
-                    )
-                verifiers = [
-                    group.create_task(
-                        self._verify(t, queue, journal), name=f"verify:{t.remote.path}"
-                    )
-                    for t in transfers
-                ]
-                await asyncio.wait(verifiers)
-                for _ in range(workers):
-                    queue.put_nowait(None)
+        order = in_fetch_order([t.chunks for t in transfers])
+        fingerprint = self._listing.fingerprint()
+        async with contextlib.AsyncExitStack() as stack:
+            tracker, peer_session = None, None
+            if self._peers is not None:
+                peer_session = await stack.enter_async_context(open_peer_session(self._settings))
+                tracker = PeerTracker(
+                    self._peers,
+                    peer_session,
+                    fingerprint=fingerprint,
+                    chunk_size=self._chunk_size,
+                    needed=lambda key: not transfers[key[0]].done[key[1]],
+                    on_change=lambda: scheduler.wake(),
+                )
+            scheduler = ChunkScheduler(
+                transfers, order, self._settings, fingerprint=fingerprint, tracker=tracker
+            )
+            fetcher = ChunkFetcher(
+                self._session,
+                self._listing.request_headers,
+                self._settings,
+                journal,
+                self._writes,
+                self._on_written,
+                self._limiter,
+                board=self._board,
+                peer_session=peer_session,
+            )
+            workers = self._settings.concurrency
+            with _first_error_of_group():
+                async with asyncio.TaskGroup() as group:
+                    watching = None
+                    if tracker is not None:
+                        watching = group.create_task(tracker.run(), name="peer-maps")
+                    for i in range(workers):
+                        group.create_task(
+                            self._work(scheduler, fetcher, transfers), name=f"pull-worker-{i}"
+                        )
+                    verifiers = [
+                        group.create_task(
+                            self._verify(t, scheduler, journal), name=f"verify:{t.remote.path}"
+                        )
+                        for t in transfers
+                    ]
+                    await asyncio.wait(verifiers)
+                    scheduler.stop()
+                    if watching is not None:
+                        watching.cancel()
 
     async def _work(
-        self,
-        queue: asyncio.Queue[Chunk | None],
-        fetcher: ChunkFetcher,
-        transfers: list[FileTransfer],
+        self, scheduler: ChunkScheduler, fetcher: ChunkFetcher, transfers: list[FileTransfer]
     ) -> None:
-        while (chunk := await queue.get()) is not None:
+        while (assignment := await scheduler.next()) is not None:
+            chunk, peer = assignment.chunk, assignment.peer
             transfer = transfers[chunk.file_index]
-            if transfer.done[chunk.index] or transfer.streaming:
+            if peer is None:
+                try:
+                    await fetcher.fetch(transfer, chunk)
+                finally:
+                    scheduler.finished(assignment)
                 continue
-            await fetcher.fetch(transfer, chunk)
+            assert self._peers is not None
+            source = PeerChunk(
+                peer.node,
+                peer.url + FILE_PATH.format(key=self._peers.storage_key, index=chunk.file_index),
+                self._peers.token,
+                peer.held[assignment.key],
+            )
+            try:
+                await fetcher.fetch_from_peer(transfer, chunk, source)
+            except PeerError as e:
+                self._done_bytes -= e.discarded
+                log.log(
+                    logging.WARNING if e.corrupt else logging.INFO,
+                    "%s; taking it elsewhere",
+                    e,
+                )
+                scheduler.peer_failed(assignment, e)
+            else:
+                scheduler.finished(assignment)
 
     async def _verify(
-        self, transfer: FileTransfer, queue: asyncio.Queue[Chunk | None], journal: Journal
+        self, transfer: FileTransfer, scheduler: ChunkScheduler, journal: Journal
     ) -> None:
         """Hash the file as its prefix fills in; when complete, check, fsync, or fetch again."""
         digest = None if transfer.reused else transfer.remote.digest
@@ -328,14 +435,20 @@ class _PullRun:
                 )
             log.warning("%s; fetching the file again", problem)
             await self._in_thread(journal.forget_file, transfer.index)
+            if self._board is not None:
+                self._board.forget_file(transfer.index)
             self._done_bytes -= transfer.bytes_written
+            peers = dict(transfer.peer_of)
             transfer.reset()
-            for chunk in transfer.chunks:
-                queue.put_nowait(chunk)
+            transfer.peer_of.update(peers)  # who gave the bad file's chunks, for the scheduler
+            scheduler.refetch(transfer)
+            transfer.peer_of.clear()
 
-    def _on_written(self, transfer: FileTransfer, length: int) -> None:
+    def _on_written(self, transfer: FileTransfer, length: int, from_peer: bool) -> None:
         self._done_bytes += length
         self._fetched += length
+        if from_peer:
+            self.from_peers += length
         if self._progress is not None:
             self._progress(
                 PullProgress(
@@ -345,12 +458,19 @@ class _PullRun:
                     self._done_bytes,
                     self._listing.total_bytes,
                     self._fetched,
+                    self.from_peers,
                 )
             )
 
-    def _publish(self) -> None:
+    def _publish(self, transfers: list[FileTransfer]) -> None:
         fsync_tree_dirs(self._paths.files)
-        write_manifest(self._paths.staged_manifest, Manifest.for_listing(self._listing))
+        digests = [tuple(t.digests) if all(t.digests) else () for t in transfers]
+        manifest = Manifest.for_listing(
+            self._listing,
+            chunk_size=self._chunk_size if self._board is not None else 0,
+            chunk_digests=digests if self._board is not None else (),
+        )
+        write_manifest(self._paths.staged_manifest, manifest)
         publish(self._paths)
 
     async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

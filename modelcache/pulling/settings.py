@@ -46,6 +46,16 @@ class PullSettings:
     """Write (and read back for hashing) with O_DIRECT where the filesystem allows it."""
     write_threads: int = 1
     """Threads doing positional writes for the whole pull."""
+    peer_stall_timeout: float = 5.0
+    """Seconds a peer may take to connect or to send the next bytes before its chunk is taken
+    elsewhere (peers are near: a slow one is better skipped than waited for)."""
+    peer_min_rate: float = 4 * MiB
+    """Bytes per second a peer must sustain over a chunk, or the chunk is taken elsewhere."""
+    peer_settle: float = 2.0
+    """Seconds a pull with peers waits, before its first request to the origin, for its peers'
+    chunk maps: nodes that start together then agree on who fetches which chunk."""
+    peers_per_chunk_request: int = 4
+    """Requests in flight to one peer at a time."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 64 * 1024:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 
 from modelcache.pulling.listing import RemoteFile
@@ -17,13 +18,20 @@ class FileTransfer:
         remote: RemoteFile,
         path: Path,
         chunks: list[Chunk],
-        finished: set[tuple[int, int]],
+        finished: Mapping[tuple[int, int], str],
     ) -> None:
         self.index = index
         self.remote = remote
         self.path = path
         self.chunks = chunks
         self.done = [(index, c.index) in finished for c in chunks]
+        self.digests = [finished.get((index, c.index), "") for c in chunks]
+        """sha256 of each finished chunk, "" when not hashed (what peers check copies against)."""
+        self.peer_of: dict[int, str] = {}
+        """Chunk index -> the peer it was copied from, for chunks not from the origin."""
+        self.origin_only = False
+        """Set after the file failed its digest with peer chunks in it: the rest comes from the
+        origin."""
         self.fd = -1
         self.direct_fd = -1
         """The same file opened with O_DIRECT, or -1 (see `directio`)."""
@@ -52,9 +60,13 @@ class FileTransfer:
                 return chunk.start
         return self.size
 
-    def mark_done(self, indexes: list[int]) -> None:
+    def mark_done(self, indexes: list[int], digest: str = "", peer: str | None = None) -> None:
+        """`digest` and `peer` belong to a single finished chunk."""
         for i in indexes:
             self.done[i] = True
+            self.digests[i] = digest
+            if peer is not None:
+                self.peer_of[i] = peer
         self.changed.set()
 
     def mark_reused(self) -> None:
@@ -66,5 +78,7 @@ class FileTransfer:
     def reset(self) -> None:
         """Forget every chunk: the file failed verification and will be fetched again."""
         self.done = [False] * len(self.chunks)
+        self.digests = [""] * len(self.chunks)
+        self.peer_of.clear()
         self.streaming = False
         self.bytes_written = 0

@@ -25,6 +25,17 @@ READ_BLOCK = 4 << 20
 class _Hash(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
+    def copy(self) -> _Hash: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HashCheckpoint:
+    state: _Hash
+    offset: int
+
+
+_ACCEPTED = HashCheckpoint(hashlib.sha256(), -1)
+"""What `_offer` answers when it hashed the block and no checkpoint was asked for."""
 
 
 def new_hash(digest: Digest, size: int) -> _Hash:
@@ -55,15 +66,32 @@ class TrailingHasher:
 
     def offer(self, offset: int, pieces: Sequence[bytes]) -> bool:
         """Hash `pieces` (written at `offset`) if they continue the hashed prefix."""
+        return self._offer(offset, pieces, save=False) is not None
+
+    def offer_tentatively(self, offset: int, pieces: Sequence[bytes]) -> HashCheckpoint | None:
+        """`offer` the first block of a chunk not verified yet (a peer's copy); the checkpoint
+        returned (None when not hashed) lets `rewind` undo it and what followed if the chunk
+        turns out bad. Only a chunk's first block can continue the prefix: until the chunk is
+        done, the read-back stops at its start."""
+        return self._offer(offset, pieces, save=True)
+
+    def rewind(self, checkpoint: HashCheckpoint) -> None:
+        """Back to `checkpoint`; bytes after it are read back from disk once rewritten."""
+        with self._lock:
+            if self.offset > checkpoint.offset:
+                self._hash, self.offset = checkpoint.state.copy(), checkpoint.offset
+
+    def _offer(self, offset: int, pieces: Sequence[bytes], *, save: bool) -> HashCheckpoint | None:
         if offset != self.offset or not self._lock.acquire(blocking=False):
-            return False
+            return None
         try:
             if offset != self.offset:
-                return False
+                return None
+            checkpoint = HashCheckpoint(self._hash.copy(), offset) if save else _ACCEPTED
             for piece in pieces:
                 self._hash.update(piece)
                 self.offset += len(piece)
-            return True
+            return checkpoint
         finally:
             self._lock.release()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelcache.contract.errors import DestinationBusyError
-from modelcache.pulling.journaling import open_journal, read_records
+from modelcache.pulling.journaling import open_journal, read_journal, read_records
 from modelcache.pulling.staging import StagingPaths, exclusive_lock, recover_publish
 
 
@@ -73,7 +73,7 @@ def test_second_puller_of_a_destination_is_refused(tmp_path: Path) -> None:
 def test_journal_ignores_a_torn_record_and_keeps_others(tmp_path: Path) -> None:
     paths = StagingPaths(tmp_path / "m")
     journal, chunk_size, done = open_journal(paths, "fp-1", 1024 * 1024)
-    assert (chunk_size, done) == (1024 * 1024, set())
+    assert (chunk_size, done) == (1024 * 1024, {})
     journal.record(0, 0)
     journal.record(1, 3)
     journal.close()
@@ -91,10 +91,10 @@ def test_journal_resumes_with_its_own_chunk_size_and_restarts_for_a_new_source(
     journal.close()
     again, chunk_size, done = open_journal(paths, "fp-1", 4 << 20)
     again.close()
-    assert (chunk_size, done) == (1 << 20, {(0, 1)})
+    assert (chunk_size, done) == (1 << 20, {(0, 1): ""})
     fresh, chunk_size, done = open_journal(paths, "fp-2", 4 << 20)
     fresh.close()
-    assert (chunk_size, done) == (4 << 20, set())
+    assert (chunk_size, done) == (4 << 20, {})
 
 
 def test_forgetting_a_file_keeps_the_other_files_records(tmp_path: Path) -> None:
@@ -106,3 +106,18 @@ def test_forgetting_a_file_keeps_the_other_files_records(tmp_path: Path) -> None
     journal.record(1, 0)
     journal.close()
     assert read_records(paths.journal) == {(0, 0), (2, 5), (1, 0)}
+
+
+def test_chunk_digests_survive_in_the_journal_and_a_bad_one_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    paths = StagingPaths(tmp_path / "m")
+    journal, _, _ = open_journal(paths, "fp", 1 << 20)
+    journal.record(0, 0, "ab" * 32)
+    journal.record(0, 1)
+    journal.record(1, 0, "cd" * 32)
+    journal.forget_file(1)
+    journal.close()
+    with open(paths.journal, "ab") as f:
+        f.write(b"0 2 not-a-digest\n")
+    assert read_journal(paths.journal) == {(0, 0): "ab" * 32, (0, 1): ""}
