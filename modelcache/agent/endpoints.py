@@ -1,4 +1,5 @@
-"""The agent's own HTTP surface: Prometheus metrics, probes, its status, and verify-on-request."""
+"""The agent's own HTTP surface: Prometheus metrics, probes, its status, verify-on-request, and
+the peer routes its node group fetches chunks through (`peer_serving`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelcache.agent.keeping import ModelKeeper
 from modelcache.agent.metrics import AgentMetrics
+from modelcache.agent.peer_serving import PeerServer, add_peer_routes
 from modelcache.agent.syncing import CoordinatorLink
 from modelcache.contract.agent_wire import model_report_to_raw
 
@@ -22,6 +24,7 @@ class AgentState:
     link: CoordinatorLink
     metrics: AgentMetrics
     node: str
+    peer_server: PeerServer
     started: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a background task ends: the agent is unhealthy and exits."""
@@ -82,4 +85,5 @@ def build_app(state: AgentState) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/verify", verify)
+    add_peer_routes(app, state.peer_server)
     return app

@@ -6,6 +6,10 @@ is on disk and what is running: a wanted model that is not published gets a pull
 task that waits a grace period first. Deletions need a positive instruction: a list received from
 the coordinator in this run. A list saved by an earlier run only ever adds work, so a restart
 while the coordinator is down never deletes anything.
+
+Every pull gets a chunk board on the `Shelf` (peers of the node group read what it has verified,
+while it runs and after it publishes) and the model's peers from the list, kept current as new
+lists arrive. A model's board is closed before its files are deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from modelcache.agent.memory import release_freed_memory
 from modelcache.agent.metrics import AgentMetrics
 from modelcache.agent.model_states import ModelStatus
 from modelcache.agent.settings import AgentSettings
+from modelcache.agent.shelf import Shelf
 from modelcache.contract.agent_wire import DesiredList, ModelReport, WantedModel
 from modelcache.contract.errors import (
     InsufficientDiskError,
@@ -36,6 +41,7 @@ from modelcache.contract.objects import format_time
 from modelcache.contract.quantities import format_bytes
 from modelcache.pulling import PullProgress, PullResult, pull
 from modelcache.pulling.inspecting import inspect_published, remove_model, staged_bytes
+from modelcache.pulling.peering import PeerGroup
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,10 @@ class ModelKeeper:
         bandwidth = settings.max_bandwidth
         self._limiter = AsyncLimiter(bandwidth, 1.0) if bandwidth else None
         self._closing = False
+        self.shelf = Shelf(layout, self._is_published)
+        self._peer_groups: dict[str, PeerGroup] = {}
+        """The live peer list of every running pull, by storage key."""
+        self._peer_token: str | None = None
         self.changed = asyncio.Event()
         self.urgent = False
         """A state changed (not only progress): report without waiting for the throttle."""
@@ -83,6 +93,7 @@ class ModelKeeper:
         if saved is not None:
             self._wanted = dict(saved.models)
             self.applied_generation = saved.generation
+            self._take_peer_token(saved.peer_token)
         self.reconcile()
         self._notify(urgent=True)
 
@@ -95,6 +106,11 @@ class ModelKeeper:
         self._wanted = dict(desired.models)
         self._live = True
         self.applied_generation = desired.generation
+        self._take_peer_token(desired.peer_token)
+        for key, group in self._peer_groups.items():
+            running = self._wanted.get(key)
+            if running is not None:  # a pull running off the list is cancelled by its deletion
+                group.update(running.peers, self._peer_token)
         self.reconcile()
         self._notify(urgent=True)
 
@@ -149,12 +165,14 @@ class ModelKeeper:
         self._metrics.cache_used_bytes.set(used)
 
     async def close(self) -> None:
-        """Stop every pull (its journal is the checkpoint) and every pending deletion."""
+        """Stop every pull (its journal is the checkpoint) and every pending deletion; end
+        peers' long polls."""
         self._closing = True
         tasks = [*self._pulls.values(), *self._deletions.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.shelf.close()
 
     @property
     def busy(self) -> int:
@@ -224,10 +242,11 @@ class ModelKeeper:
             status.downloaded(result.total_bytes)
             self._metrics.progress.labels(storage_key=key).set(1.0)
             log.info(
-                "%s: %s published (%s)",
+                "%s: %s published (%s, %s of it from peers)",
                 key,
                 want.source_model_uri,
                 format_bytes(result.total_bytes),
+                format_bytes(result.peer_bytes),
             )
             self._notify(urgent=True)
             return
@@ -239,18 +258,28 @@ class ModelKeeper:
         status.downloading(status.reason if status.reason == "Retrying" else "", status.message)
         self._on_disk.add(key)
         self._notify(urgent=True)
-        counted = 0
+        counted = from_origin = from_peers = 0
 
         def progressed(progress: PullProgress) -> None:
-            nonlocal counted
+            nonlocal counted, from_origin, from_peers
             self._reserved.pop(key, None)  # progress means the blocks are allocated
             self._metrics.downloaded_bytes.inc(progress.fetched - counted)
             counted = progress.fetched
+            # Counters only go up: a split that wavers between two reports is not undone.
+            origin = max(0, progress.fetched - progress.from_peers - from_origin)
+            peer = max(0, progress.from_peers - from_peers)
+            self._metrics.count_pulled(key, origin=origin, peer=peer)
+            from_origin, from_peers = from_origin + origin, from_peers + peer
             if status.reason == "Retrying":
                 status.reason = status.message = ""
             status.progressed(progress.done, progress.total)
             self._notify(urgent=False)
 
+        board = self.shelf.pulling(key)
+        # No peers yet still gets a group: the next list may name some while this pull runs.
+        peers = self._peer_groups[key] = PeerGroup(
+            key, self._settings.node_name, want.peers, self._peer_token
+        )
         try:
             return await pull(
                 want.source_model_uri,
@@ -260,8 +289,13 @@ class ModelKeeper:
                 progress=progressed,
                 verify_digests=key in self._rehash,
                 limiter=self._limiter,
+                peers=peers,
+                board=board,
             )
         finally:
+            if self._peer_groups.get(key) is peers:
+                del self._peer_groups[key]
+            self.shelf.pull_ended(key, board)
             self._reserved.pop(key, None)
             task = asyncio.current_task()
             if task is not None and not task.cancelling():  # a cancelled pull just stops
@@ -299,6 +333,7 @@ class ModelKeeper:
     async def _delete_later(self, name: str) -> None:
         await asyncio.sleep(self._settings.deletion_grace)
         self._removing.add(name)
+        self.shelf.drop(name)  # peers stop reading before the files go
         try:
             pull_task = self._pulls.get(name)
             if pull_task is not None:
@@ -312,6 +347,7 @@ class ModelKeeper:
         self.statuses.pop(name, None)
         self._failed_at.pop(name, None)
         self._rehash.discard(name)
+        self._metrics.forget_model(name)
         self._notify(urgent=True)
 
     async def _take_stock(self, key: str, *, digests: bool) -> str:
@@ -331,12 +367,23 @@ class ModelKeeper:
             return "intact"
         problems = published.describe_problems()
         log.warning("%s: changed on disk (%s): pulling again", key, problems)
+        self.shelf.drop(key)  # its manifest no longer describes its files
         if published.digest_mismatch:
             self._rehash.add(key)
         status = self.statuses.setdefault(key, ModelStatus(key))
         status.pending("FilesChanged", f"files changed on disk ({problems}); pulling again")
         self._notify(urgent=True)
         return f"damaged: {problems}"
+
+    def _is_published(self, key: str) -> bool:
+        """Whether peers may be served `key` from its manifest (see `Shelf.find`)."""
+        status = self.statuses.get(key)
+        published = status is not None and status.state == "ModelDownloaded"
+        return published and key not in self._pulls and key not in self._removing
+
+    def _take_peer_token(self, token: str | None) -> None:
+        self._peer_token = token
+        self.shelf.tokens.update(token)
 
     def _notify(self, *, urgent: bool) -> None:
         if urgent:

@@ -26,6 +26,10 @@ class AgentMetrics:
     disk_free_bytes: Gauge
     disk_capacity_bytes: Gauge
     report_failures: Counter
+    pulled_bytes: Counter
+    peer_served_bytes: Counter
+    peer_requests: Counter
+    peer_uploads: Gauge
     _progress_keys: set[str] = field(default_factory=set)
 
     @classmethod
@@ -82,7 +86,44 @@ class AgentMetrics:
                 "Registrations, list polls and status reports the coordinator did not take.",
                 registry=registry,
             ),
+            pulled_bytes=Counter(
+                "modelcache_agent_pulled_bytes",
+                "Model bytes fetched by pulls, per model, from the origin or from peers.",
+                ["model", "source"],
+                registry=registry,
+            ),
+            peer_served_bytes=Counter(
+                "modelcache_agent_peer_served_bytes",
+                "Chunk bytes this node sent to peers of its node group, per model.",
+                ["model"],
+                registry=registry,
+            ),
+            peer_requests=Counter(
+                "modelcache_agent_peer_requests",
+                "Peer requests this node answered, by route (chunks, file) and status code "
+                "(aborted: the peer went away mid-answer).",
+                ["route", "code"],
+                registry=registry,
+            ),
+            peer_uploads=Gauge(
+                "modelcache_agent_peer_uploads",
+                "Chunk uploads to peers in progress (each holds one of --peer-upload-slots).",
+                registry=registry,
+            ),
         )
+
+    def count_pulled(self, model: str, *, origin: int, peer: int) -> None:
+        if origin:
+            self.pulled_bytes.labels(model=model, source="origin").inc(origin)
+        if peer:
+            self.pulled_bytes.labels(model=model, source="peer").inc(peer)
+
+    def forget_model(self, model: str) -> None:
+        """A deleted model's series go with it, so label sets stay bounded by what the node holds
+        (Prometheus reads a counter that vanishes and comes back as a reset)."""
+        for source in ("origin", "peer"):
+            self.pulled_bytes.remove(model, source)
+        self.peer_served_bytes.remove(model)
 
     def observe(self, statuses: Iterable[ModelStatus]) -> None:
         counts = dict.fromkeys(MODEL_STATES, 0)

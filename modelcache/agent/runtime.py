@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from modelcache.agent.endpoints import AgentState, build_app
 from modelcache.agent.keeping import ModelKeeper
 from modelcache.agent.layout import CacheLayout
 from modelcache.agent.metrics import AgentMetrics
+from modelcache.agent.peer_serving import PeerServer, UploadLimits
 from modelcache.agent.settings import AgentSettings
 from modelcache.agent.syncing import CoordinatorLink
 from modelcache.contract.errors import ModelCacheError
@@ -38,13 +40,17 @@ async def running_agent(settings: AgentSettings) -> AsyncIterator[tuple[AgentSta
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
     session = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "modelcache-agent"})
     link = CoordinatorLink(settings, session, keeper, layout, metrics)
-    state = AgentState(keeper, link, metrics, settings.node_name)
+    limits = UploadLimits(settings.peer_upload_slots, settings.peer_upload_bandwidth)
+    peer_server = PeerServer(keeper.shelf, settings.node_name, limits, metrics)
+    state = AgentState(keeper, link, metrics, settings.node_name, peer_server)
     runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=1.0)
     tasks: list[asyncio.Task[None]] = []
     try:
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
         port = runner.addresses[0][1]
+        if settings.port == 0:  # a free port was picked: peers must learn which one
+            link.address = replace(settings, port=port).advertised_url
         await keeper.start(await asyncio.to_thread(layout.load_desired))
         await keeper.refresh_disk_metrics()
         state.started = True
@@ -64,13 +70,14 @@ async def running_agent(settings: AgentSettings) -> AsyncIterator[tuple[AgentSta
         for task in tasks:  # phase 1: no new lists, no new reports, no rescans
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await keeper.close()  # phase 2: pulls stop at their last journaled chunk
+        await keeper.close()  # phase 2: pulls stop at their last journaled chunk, peers' polls end
         try:  # phase 3: the coordinator hears the last state
             async with asyncio.timeout(FINAL_REPORT_DEADLINE):
                 await link.report_once()
         except (TimeoutError, ModelCacheError) as e:
             log.info("final status report skipped: %s", e)
         await runner.cleanup()
+        peer_server.close()
         await session.close()
 
 

@@ -42,6 +42,12 @@ class AgentSettings:
     """The node's token for the coordinator, re-read as it rotates; None sends none."""
     host: str = "0.0.0.0"
     port: int = 9090
+    advertise_url: str | None = None
+    """The base URL peers reach this agent at; None derives it from the listen address."""
+    peer_upload_bandwidth: int | None = None
+    """Bytes per second over every upload to peers together; None for no cap."""
+    peer_upload_slots: int = 8
+    """Uploads to peers at once; a peer asking beyond that is sent elsewhere (503)."""
     max_parallel_pulls: int = 2
     """Models pulled at once; the others wait as ModelDownloadPending."""
     max_bandwidth: int | None = None
@@ -71,10 +77,26 @@ class AgentSettings:
             raise UsageError("--max-parallel-pulls must be at least 1")
         if self.max_bandwidth is not None and self.max_bandwidth < 64 * 1024:
             raise UsageError("--max-bandwidth must be at least 64Ki bytes per second")
+        if self.peer_upload_bandwidth is not None and self.peer_upload_bandwidth < 64 * 1024:
+            raise UsageError("--peer-upload-bandwidth must be at least 64Ki bytes per second")
+        if self.peer_upload_slots < 1:
+            raise UsageError("--peer-upload-slots must be at least 1")
+        url = self.advertise_url
+        if url is not None and (
+            not url.startswith(("http://", "https://")) or not url.split("://", 1)[1].strip("/")
+        ):
+            raise UsageError(
+                f"--advertise-url {url!r} must be the http(s) base URL peers reach this agent "
+                "at, e.g. http://10.0.3.7:9090"
+            )
 
     @property
     def advertised_url(self) -> str:
+        """What the agent registers as its address: the URL its peers fetch chunks from."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
         host = self.host if self.host not in ("0.0.0.0", "", "::") else self.node_name
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return f"http://{host}:{self.port}"
 
 
@@ -100,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cache-root", help="where models live: <cache-root>/models/<key>/")
     parser.add_argument("--listen", help="HOST:PORT for /metrics, /healthz (default 0.0.0.0:9090)")
+    parser.add_argument(
+        "--advertise-url",
+        help="base URL peers of the node group reach this agent at, e.g. http://$(POD_IP):9090 "
+        "(default http://<listen host, or the node name for 0.0.0.0>:<port>)",
+    )
+    parser.add_argument(
+        "--peer-upload-bandwidth",
+        help="cap over every upload to peers together, bytes/s, e.g. 200Mi (default none)",
+    )
+    parser.add_argument(
+        "--peer-upload-slots", type=int, help="uploads to peers at once; more get 503 (default 8)"
+    )
     parser.add_argument("--max-parallel-pulls", type=int, help="models pulled at once (default 2)")
     parser.add_argument("--max-bandwidth", help="node-wide cap, bytes/s, e.g. 500Mi (default none)")
     parser.add_argument("--concurrency", type=int, help="ranged requests per pull (default 16)")
@@ -170,6 +204,8 @@ def settings_from(
     heartbeat = pick("heartbeat_interval")
     rate = pick("max_bandwidth")
     bandwidth = parse_rate(rate, what="--max-bandwidth") if rate else None
+    upload_rate = pick("peer_upload_bandwidth")
+    upload = parse_rate(upload_rate, what="--peer-upload-bandwidth") if upload_rate else None
     settings = AgentSettings(
         coordinator=coordinator.rstrip("/"),
         node_name=node_name,
@@ -180,6 +216,9 @@ def settings_from(
         token_file=Path(token_file) if token_file else _default_token_file(),
         host=host,
         port=port,
+        advertise_url=pick("advertise_url"),
+        peer_upload_bandwidth=upload,
+        peer_upload_slots=int(number("peer_upload_slots", 8)),
         max_parallel_pulls=int(number("max_parallel_pulls", 2)),
         max_bandwidth=bandwidth,
         deletion_grace=number("deletion_grace", 30.0),

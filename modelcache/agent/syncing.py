@@ -57,6 +57,8 @@ class CoordinatorLink:
         self.node_group: str | None = settings.node_group
         self.heartbeat = settings.heartbeat_interval or 10.0
         self._registered_group: str | None = None
+        self.address = settings.advertised_url
+        """Registered as this node's agent URL: where its peers fetch chunks."""
 
     async def follow_desired(self) -> None:
         generation = -1  # unknown: the first poll answers at once
@@ -151,7 +153,7 @@ class CoordinatorLink:
     async def _register(self) -> None:
         group = await self._labelled_group()
         disk = await self._disk()
-        answer = await self._client.register(group, self._settings.advertised_url, disk)
+        answer = await self._client.register(group, self.address, disk)
         self._registered_group = group
         self.node_group = answer.get("nodeGroup")
         if self._settings.heartbeat_interval is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from modelcache.contract.agent_wire import (
     ModelReport,
@@ -17,6 +17,9 @@ from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import JsonObject
 from modelcache.contract.quantities import parse_quantity
 from modelcache.coordinator.placement import DesiredModel
+
+SERVING_STATES: Final = frozenset({"ModelDownloading", "ModelDownloaded"})
+"""A node serves its peers the chunks it holds while it pulls, and the whole model once done."""
 
 
 @dataclass(slots=True)
@@ -38,7 +41,10 @@ class NodeRecord:
     # What it must hold; `generation` bumps on every change so long polls return.
     desired: tuple[DesiredModel, ...] = ()
     generation: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Event | None = field(default=None, repr=False)
+    restored: bool = False
+    """Brought back from the store's record (address unknown) and not registered with this
+    coordinator since: its agent is asked to register again, which tells us its address."""
 
     @property
     def group(self) -> str | None:
@@ -51,10 +57,39 @@ class NodeRecord:
         if desired == self.desired:
             return False
         self.desired = desired
-        self.generation += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self.bump()
         return True
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set when the generation after this one comes: what a long poll waits on."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def bump(self) -> None:
+        """What the node is sent changed (its models, or its peers for one): a new generation,
+        and the long poll waiting for it answers. A source joining a big group bumps thousands
+        of nodes, most not polling right then: their event is made only when one waits."""
+        self.generation += 1
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    @property
+    def peer_url(self) -> str:
+        """The agent's base URL for its peers; empty when it gave none an agent could use."""
+        url = self.registration.address.rstrip("/") if self.registration is not None else ""
+        scheme, _, rest = url.partition("://")
+        return url if scheme in ("http", "https") and rest else ""
+
+    def serving_keys(self) -> frozenset[str]:
+        """Models its peers may fetch from it: those it is pulling or holds."""
+        if self.report is None:
+            return frozenset()
+        return frozenset(
+            key for key, model in self.report.models.items() if model.state in SERVING_STATES
+        )
 
     def not_ready_for(self, now: float, heartbeat_timeout: float) -> float | None:
         """Seconds this node has been NotReady, or None while it is ready."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from modelcache.coordinator.peering import MAX_PEERS
+
 
 def _op(summary: str, *, body: str | None = None, ok: str = "200", **extra: Any) -> dict[str, Any]:
     op: dict[str, Any] = {
@@ -35,6 +37,67 @@ def _agent_op(summary: str, **kwargs: Any) -> dict[str, Any]:
     return op
 
 
+def _desired_op() -> dict[str, Any]:
+    op = _agent_op(
+        "Long poll of the models the node must hold, each with the node's peers for it; returns "
+        "at once when the generation differs from the one given",
+        parameters=[
+            {"name": "generation", "in": "query", "schema": {"type": "integer"}},
+            {"name": "wait", "in": "query", "schema": {"type": "integer", "maximum": 60}},
+        ],
+    )
+    op["responses"]["200"]["content"]["application/json"] = {
+        "schema": {"$ref": "#/components/schemas/Desired"}
+    }
+    return op
+
+
+_STRING: Final = {"type": "string"}
+_DESIRED: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["generation", "nodeGroup", "models"],
+    "properties": {
+        "generation": {"type": "integer"},
+        "nodeGroup": {"type": ["string", "null"]},
+        "peerToken": {
+            "type": "string",
+            "description": "The node group's token: what its agents show each other (absent "
+            "for a node without a group)",
+        },
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "storageKey",
+                    "sourceModelUri",
+                    "modelSizeBytes",
+                    "caches",
+                    "nodeGroup",
+                ],
+                "properties": {
+                    "storageKey": _STRING,
+                    "sourceModelUri": _STRING,
+                    "modelSizeBytes": {"type": "integer"},
+                    "caches": {"type": "array", "items": _STRING},
+                    "nodeGroup": _STRING,
+                    "peers": {
+                        "type": "array",
+                        "maxItems": MAX_PEERS,
+                        "description": "Nodes of the group pulling or holding the model, with "
+                        "their agent URL (absent: none, or peer fetching is off for the cache or "
+                        "the group)",
+                        "items": {
+                            "type": "object",
+                            "required": ["node", "url"],
+                            "properties": {"node": _STRING, "url": _STRING},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 _NODE = [{"name": "node", "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -86,17 +149,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "Agent registration: nodeGroup, address, disk", body="RawRegistration"
             ),
         },
-        "/v1/agents/{node}/desired": {
-            "parameters": _NODE,
-            "get": _agent_op(
-                "Long poll of the models the node must hold; returns at once when the generation "
-                "differs from the one given",
-                parameters=[
-                    {"name": "generation", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "wait", "in": "query", "schema": {"type": "integer", "maximum": 60}},
-                ],
-            ),
-        },
+        "/v1/agents/{node}/desired": {"parameters": _NODE, "get": _desired_op()},
         "/v1/agents/{node}/status": {
             "parameters": _NODE,
             "post": _agent_op(
@@ -109,6 +162,7 @@ OPENAPI: Final[dict[str, Any]] = {
         "/metrics": {"get": _op("Prometheus metrics")},
     },
     "components": {
+        "schemas": {"Desired": _DESIRED},
         "securitySchemes": {
             "agentToken": {
                 "type": "http",

@@ -37,6 +37,9 @@ class DesiredModel:
     model_size: int
     caches: tuple[str, ...]
     node_group: str
+    peer_fetch: bool
+    """The group's nodes fetch it from each other: neither the group nor any of these caches
+    is annotated modelcache.io/peer-fetch: "false"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ def place(caches: Iterable[ModelCache], groups: Mapping[str, NodeGroup]) -> Plac
                 model_size=max(c.model_size for c in owners),
                 caches=tuple(c.name for c in owners),
                 node_group=group,
+                peer_fetch=groups[group].peer_fetch and all(c.peer_fetch for c in owners),
             )
             for key, owners in keys.items()
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from modelcache.contract.agent_wire import Registration, StatusReport
+from modelcache.contract.agent_wire import Peer, Registration, StatusReport
 from modelcache.contract.objects import (
     JsonObject,
     ModelCache,
@@ -28,7 +28,8 @@ from modelcache.contract.objects import (
 from modelcache.coordinator.aggregating import CacheAggregate
 from modelcache.coordinator.inference_services import InferenceServiceIndex
 from modelcache.coordinator.nodes import NodeRecord
-from modelcache.coordinator.placement import Placement, place
+from modelcache.coordinator.peering import PeerIndex
+from modelcache.coordinator.placement import DesiredModel, Placement, place
 from modelcache.coordinator.statuses import (
     ConditionBook,
     Timing,
@@ -99,6 +100,8 @@ class Registry:
         self._reporting: dict[str, set[str]] = defaultdict(set)  # storage key -> nodes holding it
         self._sorted_members: dict[str, list[str]] = {}
         self.inference_services = InferenceServiceIndex()  # filled by the kube store's watch
+        self.peers = PeerIndex()
+        self._serving_changed: set[str] = set()  # nodes to offer again at `publish_peers`
 
     # --- desired objects ------------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class Registry:
     def register(self, name: str, registration: Registration) -> NodeRecord:
         record = self.nodes.get(name) or self._new_node(name)
         record.registration = registration
+        record.restored = False
         record.last_seen = self._clock()
         self._node_moved(record)
         return record
@@ -168,7 +172,8 @@ class Registry:
         record.applied_generation = applied_generation
         record.last_seen = self._clock()
         record.last_report_time = now_rfc3339()
-        if previous != report:
+        changed = previous != report
+        if changed:
             self.dirty.nodes.add(name)
             before = set(previous.models) if previous else set()
             for key in before - set(report.models):
@@ -178,6 +183,8 @@ class Registry:
             self._mark_caches_with_keys(before | set(report.models), name)
         if not self._ready.get(name, False):
             self._readiness_changed(record, ready=True)
+        elif changed:
+            self._serving_changed.add(name)
         return record
 
     def restore_node(
@@ -199,6 +206,7 @@ class Registry:
             return  # its agent was quicker
         now = self._clock()
         record.registration = registration
+        record.restored = True
         record.report = report
         record.last_seen = now if ready else now - self.heartbeat_timeout - 0.001
         record.last_report_time = last_report_time
@@ -217,6 +225,8 @@ class Registry:
             holding.discard(name)
         self._sorted_members.clear()
         self._ready.pop(name, None)
+        self._serving_changed.discard(name)
+        self._bump(self.peers.forget(name))
         record.changed.set()
         self.dirty.nodes.discard(name)
         self.dirty.removed_nodes.add(name)
@@ -240,6 +250,8 @@ class Registry:
             self.dirty.groups.add(group)
             self._sorted_members.pop(group, None)
         self._assign(record)
+        self.peers.set_group(record.name, group)
+        self._serving_changed.add(record.name)
         self.dirty.nodes.add(record.name)
         self._touch_node(self.caches, record.name)
 
@@ -247,6 +259,12 @@ class Registry:
 
     def _replace(self) -> None:
         self.placement = place(self.caches.values(), self.groups)
+        self.peers.watch(
+            {
+                group: [m.storage_key for m in models if m.peer_fetch]
+                for group, models in self.placement.models_by_group.items()
+            }
+        )
         for record in self.nodes.values():
             self._assign(record)
         self._pending.update(dict.fromkeys(self.caches))  # placement may have changed: rebuild
@@ -270,8 +288,36 @@ class Registry:
                 pending.add(node)
         self.dirty.touch_caches(names)
 
+    def publish_peers(self) -> None:
+        """Tell the peer index what each node that reported, registered, moved or changed
+        readiness since the last call serves its group now: nothing unless it is Ready and its
+        agent gave a URL (a node restored from the store has none until it registers). The nodes
+        whose peers that changes get one new generation.
+
+        Called once per reconcile tick rather than report by report: in a rollout thousands of
+        nodes start pulling within seconds, each changing the lists of the nodes around it, and
+        applied one by one that would be dozens of new lists per node (each a long poll answered
+        and a list the agent saves). Per tick, it is at most one. Between ticks the lists do not
+        change, so a generation always stands for one content."""
+        pending, self._serving_changed = self._serving_changed, set()
+        offers: dict[str, tuple[str | None, str, frozenset[str]]] = {}
+        for name in pending:
+            record = self.nodes.get(name)
+            if record is None:
+                continue  # forgotten: withdrawn at once
+            url = record.peer_url if self._ready.get(name, False) else ""
+            offers[name] = (record.group, url, record.serving_keys() if url else frozenset())
+        self._bump(self.peers.publish(offers))
+
+    def _bump(self, names: Iterable[str]) -> None:
+        for name in names:
+            record = self.nodes.get(name)
+            if record is not None:
+                record.bump()
+
     def _readiness_changed(self, record: NodeRecord, *, ready: bool) -> None:
         self._ready[record.name] = ready
+        self._serving_changed.add(record.name)
         self.dirty.nodes.add(record.name)
         keys = record.desired_keys() | (set(record.report.models) if record.report else set())
         self._mark_caches_with_keys(set(keys), record.name)
@@ -288,6 +334,12 @@ class Registry:
 
     def timing(self) -> Timing:
         return Timing(self._clock(), self.heartbeat_timeout)
+
+    def peers_for(self, record: NodeRecord, model: DesiredModel) -> tuple[Peer, ...]:
+        """The nodes `record` may fetch `model` from (none when peer fetching is off for it)."""
+        if not model.peer_fetch:
+            return ()
+        return self.peers.peers(record.name, model.node_group, model.storage_key)
 
     def members(self, group: str) -> list[NodeRecord]:
         names = self._sorted_members.get(group)

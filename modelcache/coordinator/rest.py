@@ -17,7 +17,13 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelcache.contract.agent_wire import RawDesired, parse_registration, parse_status_report
+from modelcache.contract.agent_wire import (
+    DesiredList,
+    WantedModel,
+    desired_to_raw,
+    parse_registration,
+    parse_status_report,
+)
 from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
 from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
 from modelcache.coordinator.authenticating import AgentGate, ForbiddenError, UnauthenticatedError
@@ -258,9 +264,16 @@ async def register_agent(request: web.Request) -> web.Response:
 async def desired_models(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     node = await _agent_node(request, write=False)
-    record = coordinator.registry.nodes.get(node)
+    registry = coordinator.registry
+    record = registry.nodes.get(node)
     if record is None or record.registration is None:
         raise ObjectNotFoundError(f"node {node} has not registered: POST its registration first")
+    if record.restored:
+        # Known from the store only: its address (what its peers need) comes with a registration.
+        raise ObjectNotFoundError(
+            f"node {node} has not registered with this coordinator (it took over, or restarted, "
+            "and knows the node from its LocalModelNode only): POST its registration first"
+        )
     seen = _int_query(request, "generation", -1)
     wait = min(float(_int_query(request, "wait", 0)), coordinator.settings.long_poll_max)
     if seen == record.generation and wait > 0:
@@ -270,24 +283,22 @@ async def desired_models(request: web.Request) -> web.Response:
                 await changed.wait()
         except TimeoutError:
             pass
-        record = coordinator.registry.nodes.get(node)
+        record = registry.nodes.get(node)
         if record is None:
             raise ObjectNotFoundError(f"node {node} was removed")
-    desired: RawDesired = {
-        "generation": record.generation,
-        "nodeGroup": record.group,
-        "models": [
-            {
-                "storageKey": m.storage_key,
-                "sourceModelUri": m.source_model_uri,
-                "modelSizeBytes": m.model_size,
-                "caches": list(m.caches),
-                "nodeGroup": m.node_group,
-            }
-            for m in record.desired
-        ],
+    models = {
+        m.storage_key: WantedModel(
+            storage_key=m.storage_key,
+            source_model_uri=m.source_model_uri,
+            model_size_bytes=m.model_size,
+            caches=m.caches,
+            node_group=m.node_group,
+            peers=registry.peers_for(record, m),
+        )
+        for m in record.desired
     }
-    return _json(desired)
+    token = coordinator.peer_tokens.for_group(record.group)
+    return _json(desired_to_raw(DesiredList(record.generation, record.group, models, token)))
 
 
 def _int_query(request: web.Request, key: str, default: int) -> int:

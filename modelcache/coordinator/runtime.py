@@ -22,6 +22,7 @@ from modelcache.coordinator.admitting import Admission
 from modelcache.coordinator.authenticating import open_gate
 from modelcache.coordinator.leading import Leadership, LeadershipLostError, RoleLabel
 from modelcache.coordinator.metrics import CoordinatorMetrics
+from modelcache.coordinator.peer_tokens import PeerTokens, load_peer_key
 from modelcache.coordinator.registry import Registry
 from modelcache.coordinator.rest import build_app
 from modelcache.coordinator.service import Coordinator
@@ -58,8 +59,11 @@ async def running_coordinator(
         heartbeat_timeout=settings.heartbeat_timeout,
         not_ready_deletion_timeout=settings.not_ready_deletion_timeout,
     )
-    coordinator = Coordinator(settings, store, registry, CoordinatorMetrics.create())
     try:
+        peer_key = await asyncio.to_thread(load_peer_key, settings.peer_key_file)
+        coordinator = Coordinator(
+            settings, store, registry, CoordinatorMetrics.create(), PeerTokens(peer_key)
+        )
         coordinator.leadership = _leadership(settings, store)
         role = RoleLabel(
             store if isinstance(store, PodLabeller) else None,

@@ -1,8 +1,9 @@
 """The coordinator's operations, and the loop that writes statuses and finishes deletions.
 
 REST handlers call these methods; the store persists; the registry decides. The reconcile loop
-ticks every `status_interval`: it notices missed heartbeats, drops finalizers of deleted caches
-whose files are gone everywhere, and writes each changed status once (coalescing bursts).
+ticks every `status_interval`: it notices missed heartbeats, tells nodes of their peers' changes
+(one new desired list per node per tick at most), drops finalizers of deleted caches whose files
+are gone everywhere, and writes each changed status once (coalescing bursts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from modelcache.contract.objects import (
 from modelcache.coordinator.leading import Leadership, LeadershipLostError
 from modelcache.coordinator.metrics import CoordinatorMetrics
 from modelcache.coordinator.nodes import NodeRecord
+from modelcache.coordinator.peer_tokens import PeerTokens
 from modelcache.coordinator.registry import Dirty, Registry
 from modelcache.coordinator.settings import CoordinatorSettings
 from modelcache.coordinator.stores.base import ObjectNotFoundError, StatusBatch, Store
@@ -53,11 +55,13 @@ class Coordinator:
         store: Store,
         registry: Registry,
         metrics: CoordinatorMetrics,
+        peer_tokens: PeerTokens,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.metrics = metrics
+        self.peer_tokens = peer_tokens
         self.ready = asyncio.Event()
         self._written: dict[tuple[str, str], Any] = {}  # (kind, name) -> last status written
         self._releasing: set[str] = set()
@@ -172,6 +176,7 @@ class Coordinator:
     async def reconcile_once(self) -> None:
         registry = self.registry
         registry.sweep_readiness()
+        registry.publish_peers()
         await self._finish_deletions()
         dirty = registry.dirty.take()
         dirty_since, self._dirty_since = self._dirty_since, None

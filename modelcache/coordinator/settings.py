@@ -107,6 +107,9 @@ class CoordinatorSettings:
     (it is re-rendered at once when nothing newer changed it)."""
     long_poll_max: float = 60.0
     """Longest wait a long poll of the desired list may ask for."""
+    peer_key_file: Path | None = None
+    """The key each node group's `peerToken` is derived from (`peer_tokens.py`); HA replicas
+    share one so a failover keeps the tokens. None: a random key per process."""
 
 
 def parse_store(text: str, kubeconfig: str | None) -> StoreSettings:
@@ -183,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds between renewals and acquire attempts (default 2/15 of --lease-duration)",
     )
+    parser.add_argument(
+        "--peer-key-file",
+        help="file holding the key the node groups' peer tokens are derived from; HA replicas "
+        "must share it (default: a random key per process)",
+    )
     add_webhook_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -227,6 +235,7 @@ def settings_from(
         election=_election(pick, seconds, store, env),
         pod_name=env.get("POD_NAME") or None,
         webhook=webhook_settings_from(pick, store.kind),
+        peer_key_file=Path(key_file) if (key_file := pick("peer_key_file")) else None,
     )
     return settings, bool(parsed.verbose)
 

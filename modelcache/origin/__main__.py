@@ -36,6 +36,7 @@ class OriginSettings:
     host: str
     port: int
     rate_per_connection: int | None
+    rate_total: int | None
     xet: bool
     tokens: frozenset[str]
     gated: frozenset[str]
@@ -50,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"origin: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _positive_rate(parser: argparse.ArgumentParser, flag: str, rate: int | None) -> int | None:
+    if rate is not None and rate < 64 * 1024:
+        parser.error(f"{flag} must be at least 65536 bytes/s, got {rate}")
+    return rate
 
 
 def _parse(argv: Sequence[str] | None) -> OriginSettings:
@@ -83,6 +90,9 @@ def _parse(argv: Sequence[str] | None) -> OriginSettings:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--rate-per-connection", type=int, metavar="BYTES", help="bytes/s cap")
+    parser.add_argument(
+        "--rate-total", type=int, metavar="BYTES", help="bytes/s cap over all connections"
+    )
     parser.add_argument("--xet", action="store_true", help="advertise Xet hashes (data stays HTTP)")
     parser.add_argument(
         "--token", action="append", default=[], help="a bearer token gated repos accept"
@@ -124,6 +134,7 @@ def _parse(argv: Sequence[str] | None) -> OriginSettings:
         host=args.host,
         port=args.port,
         rate_per_connection=rate,
+        rate_total=_positive_rate(parser, "--rate-total", args.rate_total),
         xet=args.xet,
         tokens=frozenset(args.token),
         gated=frozenset(args.gated),
@@ -161,7 +172,11 @@ async def _serve(settings: OriginSettings) -> None:
 
 def _build_origin(settings: OriginSettings) -> Origin:
     """Hash everything to serve (blocking: runs in a thread)."""
-    origin = Origin(tokens=set(settings.tokens), per_connection_rate=settings.rate_per_connection)
+    origin = Origin(
+        tokens=set(settings.tokens),
+        per_connection_rate=settings.rate_per_connection,
+        total_rate=settings.rate_total,
+    )
     repos = list(settings.repos)
     if settings.demo_dir is not None:
         _ensure_demo(settings.demo_dir, demo_files(settings.demo_size))

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 
 from .faults import Faults, OriginStats
 from .listing import model_info, tree_entries
@@ -43,9 +44,12 @@ class Origin:
     faults: Faults = field(default_factory=Faults)
     stats: OriginStats = field(default_factory=OriginStats)
     per_connection_rate: int | None = None
+    total_rate: int | None = None
+    """Bytes per second over all data responses together; set before serving."""
     tree_page_size: int = 1000
     redirect_lfs: bool = True
     last_modified: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _pipe: AsyncLimiter | None = field(default=None, init=False, repr=False)
 
     def add_repo(self, repo: ServedRepo) -> None:
         self.repos[repo.repo_id] = repo
@@ -64,7 +68,10 @@ class Origin:
         return app
 
     def _delivery(self) -> Delivery:
-        return Delivery(faults=self.faults, stats=self.stats, rate=self.per_connection_rate)
+        if self.total_rate and (self._pipe is None or self._pipe.max_rate != self.total_rate):
+            self._pipe = AsyncLimiter(self.total_rate, 1.0)
+        pipe = self._pipe if self.total_rate else None
+        return Delivery(self.faults, self.stats, self.per_connection_rate, pipe)
 
 
 ORIGIN_KEY = web.AppKey("modelcache_origin", Origin)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 
 from .faults import FaultKind, FaultRule, Faults, OriginStats
 from .repos import ServedFile
@@ -74,6 +75,8 @@ class Delivery:
     faults: Faults
     stats: OriginStats
     rate: int | None  # bytes per second per response, None: as fast as possible
+    total: AsyncLimiter | None = None
+    """Bytes per second over all responses (an origin behind a thin pipe), shared."""
 
 
 async def serve_file(
@@ -173,6 +176,8 @@ async def _send_body(
         if flip_at is not None and sent <= flip_at < sent + len(data):
             data = bytearray(data)
             data[flip_at - sent] ^= 0xFF
+        if delivery.total is not None:
+            await delivery.total.acquire(len(data))
         await response.write(data)
         sent += len(data)
         delivery.stats.count_body(served.path, len(data))
@@ -183,6 +188,7 @@ async def _send_body(
 
 
 _PACED_SENDFILE_BLOCK = 1 << 20
+_SHARED_PIPE_BLOCK = 256 << 10
 
 
 async def _send_file(
@@ -198,6 +204,8 @@ async def _send_file(
     loop = asyncio.get_running_loop()
     # Paced: slices of a size that keeps the rate smooth; unpaced: all at once.
     block = _PACED_SENDFILE_BLOCK if delivery.rate else length
+    if delivery.total is not None:
+        block = min(block, _SHARED_PIPE_BLOCK)
     began = loop.time()
     sent = 0
     # open/close inline, not on a thread: a handler cancelled (client gone) between a threaded
@@ -210,6 +218,8 @@ async def _send_file(
                 ahead = (sent + count) / delivery.rate - (loop.time() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+            if delivery.total is not None:
+                await delivery.total.acquire(count)
             # Counted when handed to the kernel: a client in the same event loop may have read
             # the whole body before this coroutine runs again.
             delivery.stats.count_body(served.path, count)

@@ -61,6 +61,7 @@ class ChunkScheduler:
         }
         """Chunks nobody here is fetching, in fetch order."""
         self._origin_active = 0
+        self._peer_active = 0
         self._stopped = False
         self._wake = asyncio.Event()
         self._started = self._now()
@@ -136,6 +137,7 @@ class ChunkScheduler:
             self._origin_active -= 1
         else:
             assignment.peer.active -= 1
+            self._peer_active -= 1
 
     def _now(self) -> float:
         return self.tracker.clock() if self.tracker is not None else 0.0
@@ -151,9 +153,8 @@ class ChunkScheduler:
         from_peer = self._from_peer(now)
         if from_peer is not None:
             return from_peer
-        heard_all = tracker.settled and bool(tracker.views)
-        if now - self._started < self._settings.peer_settle and not heard_all:
-            return None  # peers not all heard yet: who fetches what from the origin is open
+        if now - self._started < self._settings.peer_settle and not tracker.settled:
+            return None  # peers not all started yet: who fetches what from the origin is open
         participants = tuple(sorted([tracker.group.me, *tracker.participants()]))
         if not self._origin_free(len(participants)):
             return None
@@ -163,7 +164,7 @@ class ChunkScheduler:
         for key in self._pending:
             if not self._origin_may_fetch(key, now):
                 continue
-            if key in owned:
+            if owned is _EVERY_CHUNK or key in owned:
                 return self._from_origin(key)
             if idle:
                 unowned.append(key)
@@ -182,11 +183,12 @@ class ChunkScheduler:
                 return
 
     def _origin_free(self, participants: int) -> bool:
-        # Sharing the origin with n nodes, a node needs about 1/n of the connections it would
-        # use alone; more would only start chunks the owners are about to start.
+        # The group together keeps about as many requests at the origin as one node alone:
+        # as much bandwidth, and each chunk done (and shared) sooner than if every node had
+        # all its chunks trickling in at once.
         limit = self._settings.concurrency
         if participants > 1:
-            limit = max(2, math.ceil(limit / participants))
+            limit = max(1, math.ceil(limit / participants))
         return self._origin_active < limit
 
     def _origin_may_fetch(self, key: Key, now: float) -> bool:
@@ -204,11 +206,19 @@ class ChunkScheduler:
 
     def _from_peer(self, now: float) -> Assignment | None:
         assert self.tracker is not None
+        if self._peer_active >= self._settings.peer_concurrency:
+            return None
         views = self.tracker.views
+        holders = self.tracker.holders
         limit = self._settings.peers_per_chunk_request
-        for key, nodes in self.tracker.holders.items():
+        # In fetch order, not in the order peers announced chunks: each file's chunks then
+        # land near its hashing frontier and are hashed from memory instead of read back.
+        for key in self._pending:
+            nodes = holders.get(key)
+            if nodes is None:
+                continue
             transfer = self._transfers[key[0]]
-            if key not in self._pending or transfer.origin_only or transfer.streaming:
+            if transfer.origin_only or transfer.streaming:
                 continue
             candidates = [
                 views[n]
@@ -224,6 +234,7 @@ class ChunkScheduler:
             peer = random.choice([v for v in candidates if v.active == least])
             del self._pending[key]
             peer.active += 1
+            self._peer_active += 1
             return Assignment(self._transfers[key[0]].chunks[key[1]], peer)
         return None
 
@@ -238,6 +249,8 @@ class ChunkScheduler:
             return self._owners[1]
         assert self.tracker is not None
         me = self.tracker.group.me
+        if participants == (me,):
+            return _EVERY_CHUNK
         owned = set()
         for transfer in self._transfers:
             for chunk in transfer.chunks:
@@ -246,6 +259,15 @@ class ChunkScheduler:
                     owned.add(key)
         self._owners = (participants, frozenset(owned))
         return self._owners[1]
+
+
+class _Everything(frozenset[Key]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY_CHUNK: frozenset[Key] = _Everything()
+"""What a node alone owns."""
 
 
 def _rank(fingerprint: str, key: Key, node: str) -> bytes:

@@ -49,11 +49,16 @@ class PullSettings:
     peer_stall_timeout: float = 5.0
     """Seconds a peer may take to connect or to send the next bytes before its chunk is taken
     elsewhere (peers are near: a slow one is better skipped than waited for)."""
-    peer_min_rate: float = 4 * MiB
-    """Bytes per second a peer must sustain over a chunk, or the chunk is taken elsewhere."""
-    peer_settle: float = 2.0
-    """Seconds a pull with peers waits, before its first request to the origin, for its peers'
-    chunk maps: nodes that start together then agree on who fetches which chunk."""
+    peer_min_rate: float = 1 * MiB
+    """Bytes per second a peer must sustain over a chunk, or the chunk is taken elsewhere (low:
+    a busy node's uploads share its CPU and disk, and a chunk given up is work thrown away)."""
+    peer_concurrency: int = 6
+    """Chunk copies from peers in flight at once for one pull: a few streams fill a LAN link;
+    more only split the serving nodes' CPU and disks into slower streams."""
+    peer_settle: float = 3.0
+    """Longest wait of a pull, before its first request to the origin, for its listed peers to
+    start the same pull (or prove unreachable): nodes that start together then agree on who
+    fetches which chunk. A pull without peers does not wait."""
     peers_per_chunk_request: int = 4
     """Requests in flight to one peer at a time."""
 

@@ -39,6 +39,9 @@ async def test_metrics_describe_the_cache(cluster: Cluster) -> None:
     assert _sample(text, 'modelcache_agent_models{state="ModelDownloaded"}') == 1
     assert _sample(text, 'modelcache_agent_models{state="ModelDownloading"}') == 0
     assert _sample(text, "modelcache_agent_downloaded_bytes_total") == size
+    pulled = "modelcache_agent_pulled_bytes_total"
+    assert _sample(text, f'{pulled}{{model="{KEY}",source="origin"}}') == size
+    assert f'{pulled}{{model="{KEY}",source="peer"}}' not in text, "no peer in the group"
     assert _sample(text, "modelcache_agent_pull_duration_seconds_count") == 1
     assert _sample(text, f'modelcache_agent_model_progress_ratio{{storage_key="{KEY}"}}') == 1
     assert _sample(text, "modelcache_agent_cache_used_bytes") == size

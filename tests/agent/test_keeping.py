@@ -11,6 +11,7 @@ from modelcache.agent.endpoints import AgentState
 from modelcache.contract.storage_keys import storage_key
 from modelcache.origin.repos import load_repo
 from modelcache.origin.synthetic import write_synthetic_repo
+from modelcache.pulling.peering import ChunkBoard
 from tests.coordinator.conftest import cache, node_group
 from tests.e2e.conftest import KEY, REPO_URI, Cluster, cluster, eventually
 from tests.hub_origin import FAST
@@ -223,3 +224,95 @@ async def test_restart_reports_held_models_at_once_without_fetching(cluster: Clu
     assert _state(agent)[0] == "ModelDownloaded", "known before any request"
     await asyncio.sleep(0.3)
     assert cluster.hub.data_bytes_sent() == sent
+
+
+async def test_a_pull_fills_a_board_that_goes_on_serving_once_published(cluster: Cluster) -> None:
+    cluster.hub.origin.per_connection_rate = 512 * 1024
+    await cluster.api.put(node_group("a100", "10Gi"))
+    agent = await cluster.start_agent("gpu-a100-0", "a100")
+    # Listening on port 0, it registers the port it got: where its peers will find it.
+    _, url = cluster.agents["gpu-a100-0"]
+    await eventually(agent.link.registered.is_set, "registered")
+    registration = cluster.api.coordinator.registry.nodes["gpu-a100-0"].registration
+    assert registration is not None
+    assert registration.address == url
+    await cluster.api.put(cache("tiny", REPO_URI, "10Mi", "a100"))
+    shelf = agent.keeper.shelf
+    seen: list[ChunkBoard] = []
+
+    async def chunks_on_the_board() -> bool:
+        board = await shelf.find(KEY)
+        if board is None or board.complete or not board.snapshot(0).records:
+            return False
+        seen.append(board)
+        return True
+
+    await eventually(chunks_on_the_board, "verified chunks served while pulling")
+    assert _state(agent)[0] == "ModelDownloading"
+    cluster.hub.origin.per_connection_rate = None
+    await eventually(lambda: _state(agent)[0] == "ModelDownloaded", "pulled")
+    board = await shelf.find(KEY)
+    assert board is seen[0], "the pull's own board goes on serving"
+    assert board.complete
+    folder = cluster.model_dir("gpu-a100-0")
+    assert board.root == folder
+    for index, file in enumerate(board.files):
+        assert (folder / file.path).stat().st_size == file.size
+        assert board.holds(index, 0, file.size) or file.size == 0
+
+    await cluster.api.call("DELETE", "/v1/localmodelcaches/tiny", expect=202)
+    await eventually(lambda: not folder.exists(), "removed")
+    assert board.closed
+    assert await shelf.find(KEY) is None
+    series = [s.labels for m in agent.metrics.pulled_bytes.collect() for s in m.samples]
+    assert not [labels for labels in series if labels.get("model") == KEY], "series forgotten"
+
+
+def _pulled(agent: AgentState, source: str) -> float:
+    return float(agent.metrics.pulled_bytes.labels(model=KEY, source=source)._value.get())
+
+
+def _served(agent: AgentState) -> float:
+    return float(agent.metrics.peer_served_bytes.labels(model=KEY)._value.get())
+
+
+async def test_two_nodes_of_a_group_pulling_at_once_share_one_copy_from_the_origin(
+    cluster: Cluster,
+) -> None:
+    """Neither is anyone's peer when the pulls start: each learns of the other from a later
+    desired list, which the keeper hands to the running pull."""
+    cluster.hub.origin.per_connection_rate = 1 * MiB
+    await cluster.api.put(node_group("a100", "10Gi"))
+    first = await cluster.start_agent("gpu-a100-0", "a100")
+    second = await cluster.start_agent("gpu-a100-1", "a100")
+    await cluster.api.put(cache("tiny", REPO_URI, "10Mi", "a100"))
+    await eventually(
+        lambda: cluster.holds_model("gpu-a100-0") and cluster.holds_model("gpu-a100-1"),
+        "both pulled",
+        30,
+    )
+    size = sum(p.stat().st_size for p in cluster.hub.source_dir.rglob("*") if p.is_file())
+    sent = cluster.hub.data_bytes_sent()
+    assert sent < 1.5 * size, "the second copy came mostly from the peer"
+    for one, other in ((first, second), (second, first)):
+        assert _pulled(one, "origin") + _pulled(one, "peer") >= size
+        assert 0 < _pulled(one, "peer") <= _served(other)
+    assert _pulled(first, "origin") + _pulled(second, "origin") <= sent
+
+
+async def test_a_node_joining_later_copies_from_the_one_that_holds_the_model(
+    cluster: Cluster,
+) -> None:
+    await cluster.api.put(node_group("a100", "10Gi"))
+    first = await cluster.start_agent("gpu-a100-0", "a100")
+    await cluster.api.put(cache("tiny", REPO_URI, "10Mi", "a100"))
+    await eventually(lambda: cluster.holds_model("gpu-a100-0"), "first node pulled")
+    size = cluster.hub.data_bytes_sent()
+    await cluster.stop_agent("gpu-a100-0")  # a restart: its board comes from the manifest
+    first = await cluster.start_agent("gpu-a100-0", "a100")
+
+    second = await cluster.start_agent("gpu-a100-1", "a100")
+    await eventually(lambda: cluster.holds_model("gpu-a100-1"), "second node pulled")
+    assert cluster.hub.data_bytes_sent() == size, "not a byte more from the origin"
+    assert _pulled(second, "peer") == _served(first) == size
+    assert _pulled(second, "origin") == 0

@@ -64,6 +64,11 @@ def test_an_explicit_group_needs_no_api_server() -> None:
         ([*REQUIRED, "--max-parallel-pulls", "0"], "at least 1"),
         ([*REQUIRED, "--node-group", "not a group!"], "--node-group"),
         ([*REQUIRED, "--deletion-grace", "-1"], "must not be negative"),
+        ([*REQUIRED, "--peer-upload-slots", "0"], "--peer-upload-slots must be at least 1"),
+        ([*REQUIRED, "--peer-upload-bandwidth", "1Ki"], "at least 64Ki"),
+        ([*REQUIRED, "--peer-upload-bandwidth", "fast"], "--peer-upload-bandwidth"),
+        ([*REQUIRED, "--advertise-url", "10.0.0.5:9090"], "http\\(s\\) base URL"),
+        ([*REQUIRED, "--advertise-url", "http://"], "http\\(s\\) base URL"),
     ],
 )
 def test_bad_flags_are_refused_with_the_remedy(args: list[str], complaint: str) -> None:
@@ -84,3 +89,27 @@ def test_without_a_token_file_none_is_sent_outside_a_pod(monkeypatch: pytest.Mon
     monkeypatch.setattr(module, "DEFAULT_TOKEN_FILE", Path("/nonexistent/modelcache-token"))
     settings, _ = settings_from(REQUIRED, {})
     assert settings.token_file is None
+
+
+def test_peer_flags_and_their_environment_variables() -> None:
+    settings, _ = settings_from(REQUIRED, {})
+    assert settings.peer_upload_slots == 8
+    assert settings.peer_upload_bandwidth is None
+    env = {
+        "MODELCACHE_PEER_UPLOAD_BANDWIDTH": "200Mi/s",
+        "MODELCACHE_PEER_UPLOAD_SLOTS": "3",
+        "MODELCACHE_ADVERTISE_URL": "http://10.0.3.7:9090/",
+    }
+    settings, _ = settings_from(REQUIRED, env)
+    assert settings.peer_upload_bandwidth == 200 << 20
+    assert settings.peer_upload_slots == 3
+    assert settings.advertised_url == "http://10.0.3.7:9090"
+    settings, _ = settings_from([*REQUIRED, "--peer-upload-slots", "16"], env)
+    assert settings.peer_upload_slots == 16
+
+
+def test_the_advertised_url_without_the_flag() -> None:
+    settings, _ = settings_from(REQUIRED, {})
+    assert settings.advertised_url == "http://n1:9090", "0.0.0.0: the node's name"
+    settings, _ = settings_from([*REQUIRED, "--listen", "10.1.2.3:8000"], {})
+    assert settings.advertised_url == "http://10.1.2.3:8000"

@@ -333,3 +333,21 @@ async def test_per_connection_rate_paces_each_body(
     async with session.get(f"{url}/files/big.bin", headers={"Range": "bytes=0-524287"}) as response:
         assert len(await response.read()) == 512 << 10
     assert time.monotonic() - began >= 0.2  # 512 KiB at 2 MiB/s: 0.25 s, less the first write
+
+
+async def test_total_rate_is_shared_by_all_connections(
+    url: str, origin: Origin, session: aiohttp.ClientSession
+) -> None:
+    """An origin behind a thin pipe: the bodies of all connections together keep to the rate."""
+
+    async def get(start: int) -> int:
+        byte_range = {"Range": f"bytes={start}-{start + (512 << 10) - 1}"}
+        async with session.get(f"{url}/files/big.bin", headers=byte_range) as response:
+            return len(await response.read())
+
+    origin.total_rate = 1 << 20
+    began = time.monotonic()
+    assert await asyncio.gather(*(get(i << 19) for i in range(4))) == [512 << 10] * 4
+    # 2 MiB at 1 MiB/s, the limiter's first second (1 MiB) as a burst: at least 0.9 s more.
+    assert time.monotonic() - began >= 0.9
+    assert origin.stats.body_bytes_sent == 2 << 20

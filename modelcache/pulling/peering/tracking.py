@@ -32,8 +32,8 @@ STALE_AFTER = 4 * POLL_WAIT
 class PeerView:
     node: str
     url: str
-    polled: bool = False
-    """Its chunk map answered (or failed) at least once."""
+    unreachable: bool = False
+    """Its last chunk-map request got no HTTP answer (down, or not listening)."""
     alive: bool = False
     """Its last chunk map answered, for this very listing (fingerprint and chunk size)."""
     complete: bool = False
@@ -123,8 +123,9 @@ class PeerTracker:
 
     @property
     def settled(self) -> bool:
-        """Every listed peer has answered (or failed) once."""
-        return all(v.polled for v in self.views.values())
+        """Every listed peer is known to pull the same listing, hold it, or be unreachable. A
+        peer that answers but has not started the model yet (404) is about to: unsettled."""
+        return all(v.alive or v.unreachable for v in self.views.values())
 
     async def _poll(self, view: PeerView) -> None:
         url = view.url + CHUNKS_PATH.format(key=self.group.storage_key)
@@ -136,15 +137,15 @@ class PeerTracker:
                 chunk_map = await self._fetch_map(url, params, headers)
             # A malformed map is a FieldError, a ValueError.
             except (aiohttp.ClientError, TimeoutError, ValueError, _Unavailable) as e:
-                if view.alive or not view.polled:
+                if view.alive or not view.unreachable:
                     log.debug("peer %s: chunk map unavailable: %s", view.node, e)
-                view.polled = True
+                view.unreachable = not isinstance(e, _Unavailable)
                 self._drop(view)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.25
-            view.polled = True
+            view.unreachable = False
             same = (chunk_map.fingerprint, chunk_map.chunk_size) == (
                 self._fingerprint,
                 self._chunk_size,
