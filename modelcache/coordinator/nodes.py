@@ -84,12 +84,18 @@ class NodeRecord:
         return url if scheme in ("http", "https") and rest else ""
 
     def serving_keys(self) -> frozenset[str]:
-        """Models its peers may fetch from it: those it is pulling or holds."""
-        if self.report is None:
-            return frozenset()
-        return frozenset(
-            key for key, model in self.report.models.items() if model.state in SERVING_STATES
+        """Models its peers may fetch from it: those it is told to hold (it pulls them now, or
+        holds them) and those it still reports pulling or holding. Listing a node before its
+        first report lets nodes given a model together know each other from their first list
+        and agree on who fetches what from the origin (a peer that has not started yet answers
+        404 and is waited for a moment); and a node's list then changes with the group's
+        membership only, not with every start and finish of a pull."""
+        reported = (
+            (key for key, model in self.report.models.items() if model.state in SERVING_STATES)
+            if self.report is not None
+            else ()
         )
+        return self.desired_keys() | frozenset(reported)
 
     def not_ready_for(self, now: float, heartbeat_timeout: float) -> float | None:
         """Seconds this node has been NotReady, or None while it is ready."""

@@ -2,7 +2,8 @@
 
 Agents of one node group fetch a model's chunks from each other; the coordinator only says who
 may serve whom. A node is a *source* of a model in its group while its agent gave a usable URL,
-it is Ready, and its latest report has the model ModelDownloading or ModelDownloaded.
+it is Ready, and it is told to hold the model or still reports it ModelDownloading or
+ModelDownloaded (`NodeRecord.serving_keys`).
 
 Each node is told at most `MAX_PEERS` sources per model, chosen by consistent hashing: for every
 (group, storage key) the group's nodes sit on a ring at sha256(node|storageKey), and a node's

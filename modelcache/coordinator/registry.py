@@ -274,6 +274,7 @@ class Registry:
     def _assign(self, record: NodeRecord) -> None:
         if record.set_desired(self.placement.desired_for_group(record.group)):
             self.dirty.nodes.add(record.name)
+            self._serving_changed.add(record.name)  # what it is told to hold, it serves
 
     def _mark_caches_with_keys(self, keys: set[str], node: str) -> None:
         self._touch_node([c.name for c in self.caches.values() if c.storage_key in keys], node)
