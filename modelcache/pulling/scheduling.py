@@ -56,6 +56,12 @@ class ChunkScheduler:
         self._settings = settings
         self._fingerprint = fingerprint
         self.tracker = tracker
+        for transfer in transfers:
+            if transfer.remote.digest is None:
+                # Without the source's digest nothing would catch a peer whose chunk digests lie
+                # with its bytes: such a file (a plain https file, a multipart S3 object) comes
+                # from the origin only.
+                transfer.origin_only = True
         self._pending: dict[Key, Chunk] = {
             (c.file_index, c.index): c for c in order if not transfers[c.file_index].done[c.index]
         }

@@ -30,8 +30,8 @@ class FileTransfer:
         self.peer_of: dict[int, str] = {}
         """Chunk index -> the peer it was copied from, for chunks not from the origin."""
         self.origin_only = False
-        """Set after the file failed its digest with peer chunks in it: the rest comes from the
-        origin."""
+        """No peer copies for this file: it has no digest from the source, or it failed its
+        digest with peer chunks in it."""
         self.fd = -1
         self.direct_fd = -1
         """The same file opened with O_DIRECT, or -1 (see `directio`)."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from modelcache.contract.agent_wire import Peer
+from modelcache.origin.repos import load_file
 from modelcache.pulling import PullSettings, pull
 from modelcache.pulling.journaling import read_journal
 from modelcache.pulling.manifests import read_manifest
@@ -158,3 +159,36 @@ async def test_peers_on_another_revision_or_token_are_not_used(
         origin_bytes, peer_bytes = await pull_as(hub, tmp_path / "b", "node-b", [other.peer])
     assert peer_bytes == 0
     assert origin_bytes == sum(f.stat().st_size for f in (tmp_path / "b").rglob("*") if f.is_file())
+
+
+async def test_a_file_without_a_digest_from_the_source_never_comes_from_a_peer(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    """Only the source's digest can catch a peer whose chunk digests lie along with its bytes."""
+    blob = hub.source_dir / "model-00001-of-00002.safetensors"
+    hub.origin.plain_files["weights.bin"] = load_file("weights.bin", blob)
+    uri = f"{hub.url}/files/weights.bin"
+    liar = FakePeer("node-a", lie=True)
+    async with serving(liar):
+        liar.boards[KEY] = ChunkBoard()
+        await pull(
+            uri,
+            tmp_path / "a",
+            settings=PEERED,
+            credentials=hub.credentials,
+            peers=group("node-a"),
+            board=liar.boards[KEY],
+        )
+        assert liar.boards[KEY].complete
+        before = hub.data_bytes_sent()
+        result = await pull(
+            uri,
+            tmp_path / "b",
+            settings=PEERED,
+            credentials=hub.credentials,
+            peers=group("node-b", liar.peer),
+            board=ChunkBoard(),
+        )
+    assert tree_of(tmp_path / "b") == {"weights.bin": blob.read_bytes()}
+    assert (result.peer_bytes, liar.ranges_served) == (0, 0)
+    assert hub.data_bytes_sent() - before == blob.stat().st_size
