@@ -10,7 +10,6 @@ from pathlib import Path
 from modelcache.contract.agent_wire import Peer
 from modelcache.origin.repos import load_file
 from modelcache.pulling import PullSettings, pull
-from modelcache.pulling.journaling import read_journal
 from modelcache.pulling.manifests import read_manifest
 from modelcache.pulling.peering import ChunkBoard, PeerGroup, board_for_published
 from modelcache.pulling.planning import plan_chunks
@@ -47,6 +46,14 @@ async def pull_as(
     )
     assert tree_of(dest) == tree_of(hub.source_dir)
     return hub.data_bytes_sent() - before, result.peer_bytes
+
+
+async def copy_from_holder(hub: HubFixture, tmp_path: Path, holder: FakePeer) -> tuple[int, int]:
+    """`holder` pulls alone and serves its board; then node-b pulls with it as its one peer."""
+    async with serving(holder):
+        holder.boards[KEY] = ChunkBoard()
+        await pull_as(hub, tmp_path / "a", holder.node, [], holder.boards[KEY])
+        return await pull_as(hub, tmp_path / "b", "node-b", [holder.peer])
 
 
 async def test_a_second_node_copies_everything_hashed_from_a_node_that_has_it(
@@ -104,26 +111,17 @@ async def test_corrupt_copies_are_discarded_and_the_peer_is_avoided(
     hub: HubFixture, tmp_path: Path
 ) -> None:
     liar = FakePeer("node-a", corrupt=True)
-    async with serving(liar):
-        liar.boards[KEY] = ChunkBoard()
-        await pull_as(hub, tmp_path / "a", "node-a", [], liar.boards[KEY])
-        origin_bytes, peer_bytes = await pull_as(hub, tmp_path / "b", "node-b", [liar.peer])
+    origin_bytes, peer_bytes = await copy_from_holder(hub, tmp_path, liar)
     # The first bad chunk marks it: no request after the ones already in flight then.
-    assert 1 <= liar.ranges_served <= PEERED.concurrency
+    assert 1 <= liar.ranges_served <= PEERED.peers_per_chunk_request
     assert peer_bytes == liar.bytes_served
     assert origin_bytes == MODEL_BYTES
-    journal = read_journal(StagingPaths(tmp_path / "b").journal)
-    assert journal == {}  # published: staging (and its journal) gone
 
 
 async def test_a_peer_lying_about_digests_never_makes_a_corrupt_publish(
     hub: HubFixture, tmp_path: Path
 ) -> None:
-    liar = FakePeer("node-a", lie=True)
-    async with serving(liar):
-        liar.boards[KEY] = ChunkBoard()
-        await pull_as(hub, tmp_path / "a", "node-a", [], liar.boards[KEY])
-        origin_bytes, _ = await pull_as(hub, tmp_path / "b", "node-b", [liar.peer])
+    origin_bytes, _ = await copy_from_holder(hub, tmp_path, FakePeer("node-a", lie=True))
     # Its chunks matched its own (false) digests; the files' sha256 from the Hub did not, so
     # they were fetched again from the origin. pull_as compared every byte with the source.
     assert origin_bytes >= REPO_FILES["model-00001-of-00002.safetensors"]
