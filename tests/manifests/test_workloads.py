@@ -132,6 +132,20 @@ def test_the_agent_finds_its_node_coordinator_and_cache() -> None:
         assert source["serviceAccountToken"]["path"] == "modelcache-token"
 
 
+def test_peers_reach_the_agent_where_it_listens() -> None:
+    """The address an agent registers is where the agents of its group fetch chunks: its own
+    pod IP (defined before the variable that expands it) and the port it listens on."""
+    for daemonset in _of("DaemonSet"):
+        (agent,) = daemonset["spec"]["template"]["spec"]["containers"]
+        names = [e["name"] for e in agent["env"]]
+        env = _env(agent)
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert names.index("POD_IP") < names.index("MODELCACHE_ADVERTISE_URL")
+        listen_port = int(env["MODELCACHE_LISTEN"]["value"].rsplit(":", 1)[1])
+        assert env["MODELCACHE_ADVERTISE_URL"]["value"] == f"http://$(POD_IP):{listen_port}"
+        assert listen_port in {p["containerPort"] for p in agent["ports"]}
+
+
 def test_the_cache_hostpath_is_set_in_exactly_one_place() -> None:
     sources = [p for p in DAEMONSET.rglob("*.yaml") if "hostPath:" in p.read_text()]
     assert [p.relative_to(DAEMONSET).as_posix() for p in sources] == ["agent/base/daemonset.yaml"]
