@@ -28,54 +28,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
 
+from bench import harness
+from bench.harness import AGENT, API, COORDINATOR, PY, MiB
 from bench.measured_revision import measured_revision
 from modelcache.contract.objects import CACHE_KIND
 from modelcache.contract.quantities import format_bytes, parse_bytes
 from modelcache.contract.storage_keys import storage_key
-from modelcache.origin.synthetic import write_synthetic_repo
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parents[1]
-AGENT = str(Path(PY).with_name("modelcache-agent"))
-COORDINATOR = str(Path(PY).with_name("modelcache-coordinator"))
-API = "serving.kserve.io/v1alpha1"
 REPO_ID = "bench/agent-model"
 SOURCE_URI = f"hf://{REPO_ID}"
 CACHE_NAME = "bench-agent-model"
 GROUP = "a100"
 NODE = "bench-0"
-MiB = 2**20
 SAMPLE_EVERY = 0.1
 STATUS_EVERY = 0.2
-STOP_GRACE = 30.0
 IDLE_TARGET_MIB = 80.0
 PULL_TARGET_MIB = 200.0
-# Small files of a real checkpoint beside the shards; their bytes count in the repo's size.
-SIDE_FILES = {"config.json": 1_500, "tokenizer.json": 900_000, "generation_config.json": 200}
 Figures = dict[str, float]
-# Local services only: never send these requests through a proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class AgentFailed(SystemExit):
@@ -132,14 +117,14 @@ class Services:
 
 def main() -> int:
     args = _parse()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, harness.exit_on_sigterm)
     created = args.workdir is None
     workdir: Path = (
         Path(tempfile.mkdtemp(prefix="modelcache-agent-bench-")) if created else args.workdir
     )
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        files = _repo_files(args.size, args.shards)
+        files = harness.repo_files(args.size, args.shards)
         total = sum(files.values())
         _check_disk(workdir, files, total)
         print(f"agent at {measured_revision()}")
@@ -149,7 +134,7 @@ def main() -> int:
             f"{psutil.cpu_count()} cores",
             flush=True,
         )
-        repo_dir = _ensure_repo(workdir, files)
+        repo_dir = harness.ensure_repo(workdir, files)
         runs: list[Figures] = []
         with _origin(workdir, repo_dir) as (origin, origin_ps):
             for number in range(1, args.repeat + 1):
@@ -206,23 +191,9 @@ def _parse() -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every `finally`: the services get stopped
-
-
-def _repo_files(size: int, shards: int) -> dict[str, int]:
-    bulk = max(size - sum(SIDE_FILES.values()), shards * MiB)
-    files = {
-        f"model-{i + 1:05d}-of-{shards:05d}.safetensors": bulk // shards + (i < bulk % shards)
-        for i in range(shards)
-    }
-    files.update(SIDE_FILES)
-    return files
-
-
 def _check_disk(workdir: Path, files: dict[str, int], total: int) -> None:
     """The repo (unless already there) plus one cached copy plus 1 GiB must fit."""
-    needed = total + 2**30 + (0 if _repo_ready(workdir, files) else total)
+    needed = total + 2**30 + (0 if harness.repo_ready(workdir, files) else total)
     free = shutil.disk_usage(workdir).free
     print(f"disk: {format_bytes(free)} free under {workdir}, {format_bytes(needed)} needed")
     if free < needed:
@@ -230,26 +201,6 @@ def _check_disk(workdir: Path, files: dict[str, int], total: int) -> None:
             f"not enough disk under {workdir}: {format_bytes(free)} free, the bench needs "
             f"{format_bytes(needed)}: free space, pass a smaller --size, or another --workdir"
         )
-
-
-def _repo_ready(workdir: Path, files: dict[str, int]) -> bool:
-    marker = workdir / "repo.complete"
-    return marker.exists() and marker.read_text() == repr(sorted(files.items()))
-
-
-def _ensure_repo(workdir: Path, files: dict[str, int]) -> Path:
-    """Write the synthetic repo unless an identical one is there; the marker sits outside it,
-    since the origin serves every file in the folder."""
-    repo_dir = workdir / "repo"
-    if _repo_ready(workdir, files):
-        print("reusing the synthetic repo", flush=True)
-        return repo_dir
-    shutil.rmtree(repo_dir, ignore_errors=True)
-    started = time.monotonic()
-    write_synthetic_repo(repo_dir, files, seed=1)
-    (workdir / "repo.complete").write_text(repr(sorted(files.items())))
-    print(f"wrote the synthetic repo in {time.monotonic() - started:.1f} s", flush=True)
-    return repo_dir
 
 
 @contextlib.contextmanager
@@ -260,9 +211,9 @@ def _origin(workdir: Path, repo_dir: Path) -> Iterator[tuple[str, psutil.Process
     cmd += ["--ready-file", str(ready)]
     log = workdir / "origin.log"
     started = time.monotonic()
-    with _process(cmd, log) as proc:
+    with harness.process(cmd, log) as proc:
         # The origin hashes every LFS file before it serves: seconds per GiB.
-        _wait_until("the origin to serve", ready.exists, proc, log, limit=900)
+        harness.wait_until("the origin to serve", ready.exists, proc, log, limit=900)
         print(f"origin ready in {time.monotonic() - started:.1f} s", flush=True)
         yield ready.read_text().strip(), psutil.Process(proc.pid)
 
@@ -279,9 +230,9 @@ def _run(
     shutil.rmtree(run_dir, ignore_errors=True)
     cache_root = run_dir / "cache"
     cache_root.mkdir(parents=True)
-    _settle_disk()
+    harness.settle_disk()
     figures: Figures = {}
-    coordinator_port, agent_port = _free_port(), _free_port()
+    coordinator_port, agent_port = harness.free_port(), harness.free_port()
     coordinator = f"http://127.0.0.1:{coordinator_port}"
     coordinator_cmd = [COORDINATOR, f"--store=sqlite:{run_dir / 'coordinator.db'}"]
     coordinator_cmd.append(f"--listen=127.0.0.1:{coordinator_port}")
@@ -291,21 +242,21 @@ def _run(
     agent_cmd.append(f"--deletion-grace={args.deletion_grace}")
     agent_env = {**os.environ, "HF_ENDPOINT": origin, "HF_HUB_DISABLE_XET": "1"}
     coordinator_log, agent_log = run_dir / "coordinator.log", run_dir / "agent.log"
-    with _process(coordinator_cmd, coordinator_log) as coordinator_proc:
-        _wait_until(
+    with harness.process(coordinator_cmd, coordinator_log) as coordinator_proc:
+        harness.wait_until(
             "the coordinator to be ready",
-            lambda: _get(f"{coordinator}/readyz")[0] == 200,
+            lambda: harness.get(f"{coordinator}/readyz")[0] == 200,
             coordinator_proc,
             coordinator_log,
             limit=60,
         )
         started = time.monotonic()
-        with _process(agent_cmd, agent_log, env=agent_env) as agent_proc:
+        with harness.process(agent_cmd, agent_log, env=agent_env) as agent_proc:
             agent = f"http://127.0.0.1:{agent_port}"
             services = Services(origin, origin_ps, coordinator, agent, agent_proc, agent_log)
-            _wait_until(
+            harness.wait_until(
                 "the agent to register",
-                lambda: _registered(agent),
+                lambda: harness.registered(agent),
                 agent_proc,
                 agent_log,
                 limit=60,
@@ -315,7 +266,7 @@ def _run(
             figures.update(_pull(services, total))
             figures.update(_idle(services, args.idle_seconds, "after"))
             figures.update(_delete(services, cache_root, args.deletion_grace))
-            figures["shutdown_s"], code = _stop(agent_proc)
+            figures["shutdown_s"], code = harness.stop(agent_proc)
             figures["exit_code"] = float(code)
     return figures
 
@@ -328,7 +279,7 @@ def _idle(services: Services, seconds: float, prefix: str) -> Figures:
 
 def _pull(services: Services, total: int) -> Figures:
     """Apply the group and the cache; sample until the agent reports the model downloaded."""
-    _put(
+    harness.put(
         f"{services.coordinator}/v1/localmodelnodegroups/{GROUP}",
         {
             "apiVersion": API,
@@ -340,7 +291,7 @@ def _pull(services: Services, total: int) -> Figures:
     phase = Phase(psutil.Process(services.agent_proc.pid))
     origin_cpu = _cpu_seconds(services.origin_ps)
     key = storage_key(SOURCE_URI)
-    _put(
+    harness.put(
         f"{services.coordinator}/v1/localmodelcaches/{CACHE_NAME}",
         {
             "apiVersion": API,
@@ -358,7 +309,7 @@ def _pull(services: Services, total: int) -> Figures:
         if time.monotonic() - last_poll < STATUS_EVERY:
             return False
         last_poll = time.monotonic()
-        code, body = _get(f"{services.agent}/v1/status")
+        code, body = harness.get(f"{services.agent}/v1/status")
         models = body.get("models", []) if code == 200 and isinstance(body, dict) else []
         report = next((m for m in models if m.get("storageKey") == key), {})
         if report.get("state") == "ModelDownloadError":
@@ -386,7 +337,7 @@ def _delete(services: Services, cache_root: Path, grace: float) -> Figures:
     models = cache_root / "models"
     on_disk = sum(p.stat().st_size for p in (models / key).rglob("*") if p.is_file())
     url = f"{services.coordinator}/v1/localmodelcaches/{CACHE_NAME}"
-    code, body = _request("DELETE", url)
+    code, body = harness.request("DELETE", url)
     if code not in (200, 202):
         raise AgentFailed(f"DELETE {url}: {code} {body}")
     started = time.monotonic()
@@ -398,7 +349,7 @@ def _delete(services: Services, cache_root: Path, grace: float) -> Figures:
         now = time.monotonic() - started
         if math.isnan(files_gone) and not [p for p in models.iterdir() if key in p.name]:
             files_gone = now
-        if math.isnan(object_gone) and _get(url)[0] == 404:
+        if math.isnan(object_gone) and harness.get(url)[0] == 404:
             object_gone = now
         time.sleep(STATUS_EVERY)
     left = sorted(p.name for p in models.iterdir() if key in p.name)
@@ -441,86 +392,6 @@ def _crashed(services: Services) -> str:
     return f"the agent exited with code {services.agent_proc.returncode}:\n{tail}"
 
 
-def _registered(agent: str) -> bool:
-    code, body = _get(f"{agent}/readyz")
-    return code == 200 and isinstance(body, dict) and body.get("registered") is True
-
-
-@contextlib.contextmanager
-def _process(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        yield proc
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> tuple[float, int]:
-    """SIGTERM, SIGKILL after STOP_GRACE; the seconds it took and the exit code."""
-    started = time.monotonic()
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return time.monotonic() - started, proc.returncode
-
-
-def _wait_until(
-    what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, limit: float
-) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"gave up waiting for {what}: exit code {proc.returncode}:\n{tail}")
-        if ready():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"gave up waiting {limit:.0f} s for {what}; see {log}")
-
-
-def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """(status, parsed JSON body or None); 0 when nothing answered."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with _HTTP.open(request, timeout=10) as response:
-            status, text = response.status, response.read()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
-    try:
-        return status, json.loads(text) if text else None
-    except ValueError:
-        return status, None
-
-
-def _get(url: str) -> tuple[int, Any]:
-    return _request("GET", url)
-
-
-def _put(url: str, body: dict[str, Any]) -> None:
-    code, answer = _request("PUT", url, body)
-    if code not in (200, 201):
-        raise SystemExit(f"PUT {url}: {code} {answer}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _children(ps: psutil.Process) -> list[psutil.Process]:
     try:
         return ps.children(recursive=True)
@@ -553,22 +424,6 @@ def _hwm_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return math.nan
-
-
-def _settle_disk() -> None:
-    """Flush dirty pages and wait for writeback, so the last run's writes do not tax this one."""
-    subprocess.run(["sync"], check=True)
-    for _ in range(50):
-        if _meminfo("Dirty") + _meminfo("Writeback") < 16 * 1024:  # KiB
-            break
-        time.sleep(0.2)
-
-
-def _meminfo(name: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _print_run(number: int, f: Figures) -> None:

@@ -32,28 +32,14 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench.agent_bench import (
-    AGENT,
-    API,
-    COORDINATOR,
-    _ensure_repo,
-    _exit_on_sigterm,
-    _free_port,
-    _get,
-    _process,
-    _put,
-    _registered,
-    _repo_files,
-    _settle_disk,
-    _wait_until,
-)
+from bench import harness
+from bench.harness import AGENT, API, COORDINATOR
 from bench.measured_revision import measured_revision
 from modelcache.contract.objects import CACHE_KIND, PEER_FETCH_ANNOTATION
 from modelcache.contract.quantities import format_bytes, parse_quantity
@@ -65,8 +51,6 @@ SOURCE_URI = f"hf://{REPO_ID}"
 CACHE_NAME = "bench-p2p-model"
 GROUP = "a100"
 MODES = ("single", "peers", "origin-only")
-# Local services only: never through a proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 ORIGIN_BYTES_TARGET = 1.1
 TIME_RATIO_TARGET = 2.0
 
@@ -110,11 +94,11 @@ class OriginThread:
 
 def main() -> int:
     args = _parse()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, harness.exit_on_sigterm)
     created = args.workdir is None
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="modelcache-p2p-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    files = _repo_files(args.size, args.shards)
+    files = harness.repo_files(args.size, args.shards)
     total = sum(files.values())
     needed = total * (args.agents + 1) + 2**30
     free = shutil.disk_usage(workdir).free
@@ -131,7 +115,7 @@ def main() -> int:
     )
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in args.modes}
     try:
-        repo_dir = _ensure_repo(workdir, files)
+        repo_dir = harness.ensure_repo(workdir, files)
         with OriginThread(repo_dir, args.origin_rate) as origin:
             for number in range(1, args.repeat + 1):
                 for mode in args.modes:
@@ -176,8 +160,8 @@ def _run(
     run_dir = workdir / f"run-{mode}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    _settle_disk()
-    port = _free_port()
+    harness.settle_disk()
+    port = harness.free_port()
     coordinator = f"http://127.0.0.1:{port}"
     cmd = [
         COORDINATOR,
@@ -185,10 +169,10 @@ def _run(
         f"--listen=127.0.0.1:{port}",
     ]
     with contextlib.ExitStack() as stack:
-        proc = stack.enter_context(_process(cmd, run_dir / "coordinator.log"))
-        _wait_until(
+        proc = stack.enter_context(harness.process(cmd, run_dir / "coordinator.log"))
+        harness.wait_until(
             "the coordinator",
-            lambda: _get(f"{coordinator}/readyz")[0] == 200,
+            lambda: harness.get(f"{coordinator}/readyz")[0] == 200,
             proc,
             run_dir / "coordinator.log",
             60,
@@ -211,24 +195,28 @@ def _agents(run_dir: Path, coordinator: str, origin: str, count: int) -> Iterato
     with contextlib.ExitStack() as stack:
         procs = []
         for i in range(count):
-            port = _free_port()
+            port = harness.free_port()
             cache = run_dir / f"node-{i}"
             cache.mkdir()
             cmd = [AGENT, f"--coordinator={coordinator}", f"--node-name=p2p-{i}"]
             cmd += [f"--node-group={GROUP}", f"--cache-root={cache}", "--min-free=0"]
             cmd += [f"--listen=127.0.0.1:{port}"]
             log = run_dir / f"agent-{i}.log"
-            procs.append((stack.enter_context(_process(cmd, log, env=env)), log))
+            procs.append((stack.enter_context(harness.process(cmd, log, env=env)), log))
             urls.append(f"http://127.0.0.1:{port}")
         for url, (proc, log) in zip(urls, procs, strict=True):
-            _wait_until(
-                f"agent {url} to register", functools.partial(_registered, url), proc, log, 60
+            harness.wait_until(
+                f"agent {url} to register",
+                functools.partial(harness.registered, url),
+                proc,
+                log,
+                60,
             )
         yield urls
 
 
 def _apply(coordinator: str, total: int, *, peer_fetch: bool) -> None:
-    _put(
+    harness.put(
         f"{coordinator}/v1/localmodelnodegroups/{GROUP}",
         {
             "apiVersion": API,
@@ -238,7 +226,7 @@ def _apply(coordinator: str, total: int, *, peer_fetch: bool) -> None:
         },
     )
     annotations = {} if peer_fetch else {PEER_FETCH_ANNOTATION: "false"}
-    _put(
+    harness.put(
         f"{coordinator}/v1/localmodelcaches/{CACHE_NAME}",
         {
             "apiVersion": API,
@@ -252,7 +240,7 @@ def _apply(coordinator: str, total: int, *, peer_fetch: bool) -> None:
 def _until_all_downloaded(coordinator: str, count: int, limit: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        code, body = _get(f"{coordinator}/v1/localmodelcaches/{CACHE_NAME}")
+        code, body = harness.get(f"{coordinator}/v1/localmodelcaches/{CACHE_NAME}")
         status: dict[str, Any] = (body or {}).get("status") or {} if code == 200 else {}
         states = (status.get("nodeStatus") or {}).values()
         if "NodeDownloadError" in states:
@@ -266,7 +254,7 @@ def _until_all_downloaded(coordinator: str, count: int, limit: float) -> float:
 def _metric(agent: str, selector: str) -> float:
     """Sum of modelcache_agent_pulled_bytes_total samples matching `selector` on one agent."""
     try:
-        with _HTTP.open(f"{agent}/metrics", timeout=10) as response:
+        with harness.HTTP.open(f"{agent}/metrics", timeout=10) as response:
             text = response.read().decode()
     except OSError:
         return float("nan")
