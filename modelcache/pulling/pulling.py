@@ -94,13 +94,8 @@ class PullResult:
 def open_peer_session(settings: PullSettings) -> aiohttp.ClientSession:
     """Peers get their own pool: their long polls must never take the origin's connections."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=settings.peers_per_chunk_request + 1)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.peer_stall_timeout),
-        auto_decompress=False,
-        read_bufsize=256 * 1024,
-        headers={"User-Agent": "modelcache"},
-    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.peer_stall_timeout)
+    return _session(connector, timeout)
 
 
 def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
@@ -109,6 +104,12 @@ def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
     )
+    return _session(connector, timeout)
+
+
+def _session(
+    connector: aiohttp.TCPConnector, timeout: aiohttp.ClientTimeout
+) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
@@ -438,11 +439,8 @@ class _PullRun:
             if self._board is not None:
                 self._board.forget_file(transfer.index)
             self._done_bytes -= transfer.bytes_written
-            peers = dict(transfer.peer_of)
+            scheduler.refetch(transfer)  # before the reset: it reads who gave the chunks
             transfer.reset()
-            transfer.peer_of.update(peers)  # who gave the bad file's chunks, for the scheduler
-            scheduler.refetch(transfer)
-            transfer.peer_of.clear()
 
     def _on_written(self, transfer: FileTransfer, length: int, from_peer: bool) -> None:
         self._done_bytes += length

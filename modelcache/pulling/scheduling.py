@@ -124,7 +124,7 @@ class ChunkScheduler:
         self.finished(assignment)
 
     def refetch(self, transfer: FileTransfer) -> None:
-        """The file failed its whole-file digest and was reset: every chunk again. Peers that
+        """The file failed its whole-file digest and is being reset: every chunk again. Peers that
         gave it chunks passed their own digests yet made a bad file: they are not asked again,
         and the file comes from the origin."""
         if transfer.peer_of and self.tracker is not None:
@@ -170,7 +170,7 @@ class ChunkScheduler:
         for key in self._pending:
             if not self._origin_may_fetch(key, now):
                 continue
-            if owned is _EVERY_CHUNK or key in owned:
+            if owned is None or key in owned:
                 return self._from_origin(key)
             if idle:
                 unowned.append(key)
@@ -249,14 +249,15 @@ class ChunkScheduler:
         self._origin_active += 1
         return Assignment(chunk, None)
 
-    def _owned(self, participants: tuple[str, ...]) -> frozenset[Key]:
-        """The chunks this node fetches from the origin first (rendezvous hashing)."""
+    def _owned(self, participants: tuple[str, ...]) -> frozenset[Key] | None:
+        """The chunks this node fetches from the origin first (rendezvous hashing); None for
+        all of them (a node alone)."""
         if self._owners is not None and self._owners[0] == participants:
             return self._owners[1]
         assert self.tracker is not None
         me = self.tracker.group.me
         if participants == (me,):
-            return _EVERY_CHUNK
+            return None
         owned = set()
         for transfer in self._transfers:
             for chunk in transfer.chunks:
@@ -265,15 +266,6 @@ class ChunkScheduler:
                     owned.add(key)
         self._owners = (participants, frozenset(owned))
         return self._owners[1]
-
-
-class _Everything(frozenset[Key]):
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_EVERY_CHUNK: frozenset[Key] = _Everything()
-"""What a node alone owns."""
 
 
 def _rank(fingerprint: str, key: Key, node: str) -> bytes:
