@@ -267,6 +267,9 @@ class Registry:
         )
         for record in self.nodes.values():
             self._assign(record)
+        # Not at the next tick: the list that first names a model names its peers too, so the
+        # nodes given it together split the origin's chunks from their first request on.
+        self.publish_peers()
         self._pending.update(dict.fromkeys(self.caches))  # placement may have changed: rebuild
         self.dirty.touch_caches(self.caches)
         self.dirty.groups.update(self.groups)

@@ -332,3 +332,19 @@ def test_peers_change_at_publishing_once_and_never_under_the_same_generation() -
         registry.report(node, StatusReport(disk, {pulling.storage_key: pulling}), 1)
     registry.publish_peers()  # downloads starting change nobody's peers
     assert a0.generation == generation + 1
+
+
+def test_the_list_that_first_names_a_model_names_its_peers() -> None:
+    """Nodes given a model together must know each other from their first list, or each starts
+    fetching every chunk from the origin before the next reconcile tick tells them."""
+    registry = Registry(heartbeat_timeout=30, not_ready_deletion_timeout=600)
+    registry.upsert_group(node_group("a100", "80Gi"))
+    disk = Disk(200 * GiB, 100 * GiB)
+    for node in ("a0", "a1"):
+        registry.register(node, Registration("a100", f"http://{node}:9090", disk))
+        registry.report(node, StatusReport(disk, {}), 0)
+    registry.publish_peers()
+    registry.upsert_cache(cache("llama3", LLAMA, "16Gi", "a100"))  # no tick in between
+    a0 = registry.nodes["a0"]
+    (model,) = a0.desired
+    assert [p.node for p in registry.peers_for(a0, model)] == ["a1"]
