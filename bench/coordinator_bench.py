@@ -652,7 +652,14 @@ async def _start_profiler(args: argparse.Namespace, pid: int) -> asyncio.subproc
     )
 
 
-PROFILE_WRAPPERS = {"<module>", "main", "_await", "serve_until_cancelled", "errors_as_json"}
+PROFILE_WRAPPERS = {
+    "<module>",
+    "main",
+    "run_until_signalled",
+    "_await",
+    "serve_until_cancelled",
+    "errors_as_json",
+}
 
 
 def _print_profile(path: Path, rate: int, seconds: float, top: int = 15) -> None:

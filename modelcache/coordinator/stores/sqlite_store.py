@@ -3,6 +3,13 @@
 The coordinator is the only writer, so the registry is the truth while it runs and SQLite is its
 durable copy: objects are written through at once, statuses in one transaction per writer tick.
 All SQLite calls run on one dedicated thread (the connection is not shared across threads).
+
+At 10,000 nodes a cache's status is some 400 kB of JSON, rewritten every tick under load. Setting
+it inside the stored body (`json_set`) made SQLite parse and re-render the whole old body each
+time; instead the thread keeps each object's body without its status (what it last stored, so a
+status write never undoes a spec change queued before it) and writes the whole row: a third of the
+cost. Agent rows are upserted in place, all in one statement: `INSERT OR REPLACE` deletes and
+re-inserts the row and its index entry, four times the work and pages to commit.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._bodies = _Bodies()  # touched on the SQLite thread only
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -69,6 +77,9 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Every agent row and cache status is rewritten under load (~30 MB at 10,000 nodes):
+            # kept in SQLite's page cache (2 MB by default) they are not read back each tick.
+            self._db.execute("PRAGMA cache_size=-65536")
             self._db.executescript(_SCHEMA)
         with self._db:  # one transaction per call
             return work(self._db)
@@ -97,23 +108,71 @@ class SqliteStore:
     # --- objects --------------------------------------------------------------------------------
 
     async def put_cache(self, raw: JsonObject) -> JsonObject:
-        return await self._run(lambda db: _put(db, CACHE_KIND, raw, finalizer=CACHE_FINALIZER))
+        bodies = self._bodies
+        return await self._run(
+            lambda db: bodies.saved(_put(db, CACHE_KIND, raw, finalizer=CACHE_FINALIZER))
+        )
 
     async def put_group(self, raw: JsonObject) -> JsonObject:
-        return await self._run(lambda db: _put(db, NODE_GROUP_KIND, raw, finalizer=None))
+        bodies = self._bodies
+        return await self._run(
+            lambda db: bodies.saved(_put(db, NODE_GROUP_KIND, raw, finalizer=None))
+        )
 
     async def delete_cache(self, name: str) -> JsonObject | None:
-        return await self._run(lambda db: _mark_deleted(db, CACHE_KIND, name))
+        return await self._run(lambda db: self._bodies.marked(db, CACHE_KIND, name))
 
     async def release_cache(self, name: str) -> None:
-        await self._run(lambda db: _remove(db, CACHE_KIND, name))
+        await self._run(lambda db: self._bodies.removed(db, CACHE_KIND, name))
 
     async def delete_group(self, name: str) -> None:
-        if await self._run(lambda db: _mark_deleted(db, NODE_GROUP_KIND, name)) is not None:
+        if await self._run(lambda db: self._bodies.marked(db, NODE_GROUP_KIND, name)) is not None:
             raise AssertionError("node groups carry no finalizer")  # pragma: no cover
 
     async def write(self, batch: StatusBatch) -> None:
-        await self._run(lambda db: _write_batch(db, batch))
+        await self._run(lambda db: _write_batch(db, batch, self._bodies))
+
+
+class _Bodies:
+    """Each cache's and group's stored body without its status, as compact JSON ending before
+    its closing brace, kept by the SQLite thread as it writes them: a status write appends the
+    status to it instead of asking SQLite to edit the stored JSON."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str], bytes | None] = {}  # None: no such object
+
+    def saved(self, obj: JsonObject) -> JsonObject:
+        self._remember(obj["kind"], obj["metadata"]["name"], obj)
+        return obj
+
+    def marked(self, db: sqlite3.Connection, kind: str, name: str) -> JsonObject | None:
+        marked = _mark_deleted(db, kind, name)
+        self._remember(kind, name, marked)
+        return marked
+
+    def removed(self, db: sqlite3.Connection, kind: str, name: str) -> None:
+        _remove(db, kind, name)
+        self._heads[(kind, name)] = None
+
+    def with_status(
+        self, db: sqlite3.Connection, kind: str, name: str, status: JsonObject
+    ) -> bytes | None:
+        """The whole body to store, or None when the object is gone."""
+        if (kind, name) not in self._heads:
+            self._remember(kind, name, _get(db, kind, name))  # first write since the start
+        head = self._heads[(kind, name)]
+        if head is None:
+            return None
+        return head + b',"status":' + orjson.dumps(status) + b"}"
+
+    def _remember(self, kind: str, name: str, obj: JsonObject | None) -> None:
+        if obj is None:
+            self._heads[(kind, name)] = None
+            return
+        # Never empty: a stored object has at least apiVersion, kind, metadata and spec.
+        self._heads[(kind, name)] = orjson.dumps({k: v for k, v in obj.items() if k != "status"})[
+            :-1
+        ]
 
 
 def _close_quietly(store: SqliteStore) -> None:
@@ -206,26 +265,29 @@ def _remove(db: sqlite3.Connection, kind: str, name: str) -> None:
     db.execute("DELETE FROM objects WHERE kind = ? AND name = ?", (kind, name))
 
 
-def _write_batch(db: sqlite3.Connection, batch: StatusBatch) -> None:
-    # SQLite sets the status inside the stored JSON itself: no Python round trip of the object.
-    db.executemany(
-        "UPDATE objects SET body = json_set(body, '$.status', json(?)) WHERE kind = ? AND name = ?",
-        [
-            (orjson.dumps(status).decode(), kind, name)
-            for kind, statuses in ((CACHE_KIND, batch.caches), (NODE_GROUP_KIND, batch.groups))
-            for name, status in statuses.items()
-        ],
-    )
+def _write_batch(db: sqlite3.Connection, batch: StatusBatch, bodies: _Bodies) -> None:
+    updates = []
+    for kind, statuses in ((CACHE_KIND, batch.caches), (NODE_GROUP_KIND, batch.groups)):
+        for name, status in statuses.items():
+            body = bodies.with_status(db, kind, name, status)
+            if body is not None:
+                updates.append((body.decode(), kind, name))
+    db.executemany("UPDATE objects SET body = ? WHERE kind = ? AND name = ?", updates)
     # LocalModelNode objects are derived from agent records and not stored on their own here;
-    # the agent records (registration + last report) are what a restart needs.
-    rows = [
-        (AGENT_KIND, name, orjson.dumps(record).decode()) for name, record in batch.agents.items()
-    ]
-    db.executemany("INSERT OR REPLACE INTO objects (kind, name, body) VALUES (?, ?, ?)", rows)
-    db.executemany(
-        "DELETE FROM objects WHERE kind = ? AND name = ?",
-        [(AGENT_KIND, name) for name in batch.removed_nodes],
-    )
+    # the agent records (registration + last report) are what a restart needs. All in one
+    # statement: executemany gives the GIL back for each row and takes it again, and under load
+    # each retake waits for the event loop's thread (1,000 rows took up to seconds).
+    if batch.agents:
+        db.execute(
+            "INSERT INTO objects (kind, name, body) SELECT ?, key, value FROM json_each(?) "
+            "WHERE true ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
+            (AGENT_KIND, orjson.dumps(batch.agents).decode()),
+        )
+    if batch.removed_nodes:
+        db.execute(
+            "DELETE FROM objects WHERE kind = ? AND name IN (SELECT value FROM json_each(?))",
+            (AGENT_KIND, orjson.dumps(sorted(batch.removed_nodes)).decode()),
+        )
 
 
 def _restore_agent(registry: Registry, body: JsonObject) -> None:
