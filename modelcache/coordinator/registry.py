@@ -18,6 +18,7 @@ import orjson
 
 from modelcache.contract.agent_wire import Peer, Registration, StatusReport
 from modelcache.contract.objects import (
+    API_VERSION,
     JsonObject,
     ModelCache,
     NodeGroup,
@@ -30,10 +31,11 @@ from modelcache.coordinator.inference_services import InferenceServiceIndex
 from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.peering import PeerIndex
 from modelcache.coordinator.placement import DesiredModel, Placement, place
+from modelcache.coordinator.rendering import JoinedList, Rendering
 from modelcache.coordinator.statuses import (
     ConditionBook,
     Timing,
-    cache_status,
+    cache_status_json,
     group_status,
     group_usage,
     local_model_node,
@@ -91,9 +93,11 @@ class Registry:
         self.conditions = ConditionBook()
         self._members: dict[str, set[str]] = defaultdict(set)  # group -> node names
         self._ready: dict[str, bool] = {}
-        # REST serves cache statuses from here: (version, monotonic time, JSON bytes).
-        self._rendered: dict[str, tuple[int, float, bytes]] = {}
-        self._statuses: dict[str, tuple[int, float, JsonObject]] = {}  # the same, as objects
+        self._renderings: dict[str, Rendering] = {}  # what REST and the status writer serve
+        self.cache_list = JoinedList(
+            b'{"apiVersion":%s,"kind":"LocalModelCacheList","metadata":{},"items":['
+            % orjson.dumps(API_VERSION)
+        )
         self._aggregates: dict[str, CacheAggregate] = {}
         # Nodes whose entry in a cache's aggregate must be recomputed; None: rebuild it all.
         self._pending: dict[str, set[str] | None] = {}
@@ -118,7 +122,7 @@ class Registry:
         if self.caches.pop(name, None) is not None:
             del self.cache_objects[name]
             self.conditions.forget(name)
-            for per_cache in (self._rendered, self._statuses, self._aggregates, self._pending):
+            for per_cache in (self._renderings, self._aggregates, self._pending):
                 per_cache.pop(name, None)
             self._replace()
 
@@ -380,23 +384,33 @@ class Registry:
         self.dirty.touch_caches(self.inference_services.clear() & self.caches.keys())
 
     def cache_with_status(self, name: str) -> JsonObject:
-        return {**self.cache_objects[name], "status": self._cache_status(name, 0.0)[2]}
+        return {
+            **self.cache_objects[name],
+            "status": orjson.loads(self.rendering(name, 0.0).status),
+        }
 
-    def _cache_status(self, name: str, max_age: float) -> tuple[int, float, JsonObject]:
-        """(version, time, status) of the cache's last rendering, rendered again when the cache
-        changed since and that rendering is at least `max_age` seconds old."""
-        cache = self.caches[name]
+    def cache_json(self, name: str, max_age: float) -> bytes:
+        """The cache with its status as JSON (see `rendering`)."""
+        return self.rendering(name, max_age).body
+
+    def rendering(self, name: str, max_age: float) -> Rendering:
+        """The cache's last rendering, rendered again when the cache changed since and that
+        rendering is at least `max_age` seconds old: under a stream of reports every cache
+        changes all the time. A new spec or metadata (a PUT) is always rendered at once, and so
+        is a cache being deleted (its message names the nodes still holding the files)."""
+        cache, obj = self.caches[name], self.cache_objects[name]
         version = self.dirty.versions.get(name, 0)
-        cached = self._statuses.get(name)
+        cached = self._renderings.get(name)
         now = self._clock()
         if (
             cached is not None
+            and cached.obj is obj
             and not cache.deleting
-            and (cached[0] == version or now - cached[1] < max_age)
+            and (cached.version == version or now - cached.at < max_age)
         ):
             return cached
-        previous = self.cache_objects[name].get("status") or {}
-        status = cache_status(
+        previous = obj.get("status") or {}
+        status = cache_status_json(
             cache,
             self.placement,
             self.aggregate(name),
@@ -406,24 +420,8 @@ class Registry:
             else list(previous.get("inferenceServices") or []),
             self._deleting_message(cache) if cache.deleting else "",
         )
-        self._statuses[name] = rendered = (version, now, status)
+        self._renderings[name] = rendered = Rendering(version, now, obj, status)
         return rendered
-
-    def cache_json(self, name: str, max_age: float) -> bytes:
-        """The cache with its status as JSON, re-rendered only when it changed and the last
-        rendering is older than `max_age` seconds: with 10,000 nodes one rendering costs
-        milliseconds, and under a stream of reports every cache changes all the time. A status
-        the writer rendered for the store counts as a rendering too."""
-        version = self.dirty.versions.get(name, 0)
-        rendered = self._rendered.get(name)
-        if rendered is not None and (
-            rendered[0] == version or self._clock() - rendered[1] < max_age
-        ):
-            return rendered[2]
-        status_version, rendered_at, status = self._cache_status(name, max_age)
-        body = orjson.dumps({**self.cache_objects[name], "status": status})
-        self._rendered[name] = (status_version, rendered_at, body)
-        return body
 
     def _deleting_message(self, cache: ModelCache) -> str:
         progress = self.deletion_progress(cache)

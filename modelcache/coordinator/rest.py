@@ -122,16 +122,12 @@ async def list_caches(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     max_age = coordinator.settings.status_render_max_age
     registry = coordinator.registry
-    rendered, pause = [], Pauser()
+    items, pause = [], Pauser()
     for name in sorted(registry.caches):
         if name in registry.caches:  # not deleted while other requests ran
-            rendered.append(registry.cache_json(name, max_age))
+            items.append(registry.cache_json(name, max_age))
         await pause.now_and_then()
-    items = b",".join(rendered)
-    head = b'{"apiVersion":"%s","kind":"LocalModelCacheList","metadata":{},"items":[' % (
-        API_VERSION.encode()
-    )
-    return _json_bytes(head + items + b"]}")
+    return _json_bytes(registry.cache_list.of(items))
 
 
 async def get_cache(request: web.Request) -> web.Response:

@@ -28,7 +28,12 @@ from modelcache.coordinator.nodes import NodeRecord
 from modelcache.coordinator.peer_tokens import PeerTokens
 from modelcache.coordinator.registry import Dirty, Registry
 from modelcache.coordinator.settings import CoordinatorSettings
-from modelcache.coordinator.stores.base import ObjectNotFoundError, StatusBatch, Store
+from modelcache.coordinator.stores.base import (
+    ObjectNotFoundError,
+    StatusBatch,
+    StatusJson,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 SLICE_SECONDS = 0.005  # longest stretch of status rendering between two chances for requests
@@ -197,8 +202,10 @@ class Coordinator:
         # Requests run in between (the pauses), so every name is looked up again: it may be gone.
         for name in dirty.caches:
             if name in registry.caches:
-                status = registry.cache_with_status(name)["status"]
-                self._stage(batch.caches, "cache", name, status)
+                status = registry.rendering(name, 0.0).status
+                if self._written.get(("cache", name)) != status:  # bytes: a memcmp
+                    self._written[("cache", name)] = status
+                    batch.caches[name] = StatusJson(status)
             await pause.now_and_then()
         for name in dirty.groups & registry.groups.keys():
             self._stage(batch.groups, "group", name, registry.group_with_status(name)["status"])

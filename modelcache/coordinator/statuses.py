@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from modelcache.contract.agent_wire import model_report_to_raw
 from modelcache.contract.objects import (
     API_VERSION,
@@ -86,6 +88,44 @@ def cache_status(
 ) -> JsonObject:
     """Status of one cache from its per-node aggregate. Nodes outside its admitted groups that
     still hold the files (a deleted cache, a removed group) stay listed until the files are gone."""
+    status = _cache_status_fields(
+        cache, placement, aggregate, book, inference_services, deleting_message
+    )
+    status["nodeStatus"] = aggregate.node_status()
+    status["nodeProgress"] = dict(aggregate.progress)
+    return status
+
+
+def cache_status_json(
+    cache: ModelCache,
+    placement: Placement,
+    aggregate: CacheAggregate,
+    book: ConditionBook,
+    inference_services: list[Any],
+    deleting_message: str = "the cache is being deleted",
+) -> bytes:
+    """`cache_status` as JSON, the per-node maps joined from the aggregate's rendered entries:
+    at 10,000 nodes a few hundred microseconds instead of milliseconds."""
+    status = _cache_status_fields(
+        cache, placement, aggregate, book, inference_services, deleting_message
+    )
+    big = {"nodeStatus": aggregate.node_status_json, "nodeProgress": aggregate.progress_json}
+    members = [
+        orjson.dumps(key) + b":" + (big[key]() if key in big else orjson.dumps(value))
+        for key, value in status.items()
+    ]
+    return b"{" + b",".join(members) + b"}"
+
+
+def _cache_status_fields(
+    cache: ModelCache,
+    placement: Placement,
+    aggregate: CacheAggregate,
+    book: ConditionBook,
+    inference_services: list[Any],
+    deleting_message: str,
+) -> JsonObject:
+    """The status, with None in place of the per-node maps (`nodeStatus`, `nodeProgress`)."""
     per_group: dict[str, JsonObject] = {}
     for admission in placement.admissions.get(cache.name, ()):
         if admission.admitted:
@@ -96,11 +136,11 @@ def cache_status(
     available = sum(g.get("available", 0) for g in per_group.values())
     failed = sum(g.get("failed", 0) for g in per_group.values())
     status: JsonObject = {
-        "nodeStatus": aggregate.node_status(),
+        "nodeStatus": None,
         "copies": {"total": total, "available": available, "failed": failed},
         "inferenceServices": inference_services,
         "nodeGroupStatus": per_group,
-        "nodeProgress": dict(aggregate.progress),
+        "nodeProgress": None,
         "conditions": book.render(
             cache.name, _cache_conditions(cache, placement, total, available, deleting_message)
         ),
@@ -213,6 +253,7 @@ __all__ = [
     "ConditionBook",
     "Timing",
     "cache_status",
+    "cache_status_json",
     "format_time",
     "group_status",
     "group_usage",

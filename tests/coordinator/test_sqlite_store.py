@@ -7,8 +7,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from modelcache.contract.objects import CACHE_KIND
-from modelcache.coordinator.stores.base import StatusBatch
+from modelcache.coordinator.stores.base import StatusBatch, StatusJson
 from modelcache.coordinator.stores.sqlite_store import SqliteStore
 from tests.coordinator.conftest import cache
 
@@ -27,10 +29,14 @@ async def test_a_status_write_keeps_the_latest_spec_and_metadata(tmp_path: Path)
     store = SqliteStore(db)
     try:
         await store.put_cache(cache("llama3", "hf://o/llama3", "10Gi", "a100"))
-        await store.write(StatusBatch(caches={"llama3": {"copies": {"total": 1}}}))
+        await store.write(
+            StatusBatch(caches={"llama3": StatusJson(orjson.dumps({"copies": {"total": 1}}))})
+        )
         changed = await store.put_cache(cache("llama3", "hf://o/llama3", "20Gi", "a100", "h100"))
         assert stored(db, "llama3")["status"] == {"copies": {"total": 1}}  # kept by the PUT
-        await store.write(StatusBatch(caches={"llama3": {"copies": {"total": 2}}}))
+        await store.write(
+            StatusBatch(caches={"llama3": StatusJson(orjson.dumps({"copies": {"total": 2}}))})
+        )
     finally:
         await store.close()
     body = stored(db, "llama3")
@@ -48,7 +54,9 @@ async def test_a_restarted_store_writes_statuses_into_the_stored_objects(tmp_pat
         await store.close()
     store = SqliteStore(db)
     try:
-        await store.write(StatusBatch(caches={"llama3": {"copies": {"total": 3}}}))
+        await store.write(
+            StatusBatch(caches={"llama3": StatusJson(orjson.dumps({"copies": {"total": 3}}))})
+        )
     finally:
         await store.close()
     body = stored(db, "llama3")
@@ -64,12 +72,16 @@ async def test_statuses_of_deleted_caches_are_not_written_back(tmp_path: Path) -
         await store.put_cache(cache("llama3", "hf://o/llama3", "10Gi", "a100"))
         marked = await store.delete_cache("llama3")
         assert marked is not None  # the finalizer keeps it until the files are gone
-        await store.write(StatusBatch(caches={"llama3": {"copies": {"total": 0}}}))
+        await store.write(
+            StatusBatch(caches={"llama3": StatusJson(orjson.dumps({"copies": {"total": 0}}))})
+        )
         body = stored(db, "llama3")
         assert body["metadata"]["deletionTimestamp"] == marked["metadata"]["deletionTimestamp"]
         assert body["status"] == {"copies": {"total": 0}}
         await store.release_cache("llama3")
-        await store.write(StatusBatch(caches={"llama3": {"copies": {"total": 0}}}))
+        await store.write(
+            StatusBatch(caches={"llama3": StatusJson(orjson.dumps({"copies": {"total": 0}}))})
+        )
         with sqlite3.connect(db) as con:
             assert con.execute("SELECT count(*) FROM objects").fetchone() == (0,)
     finally:

@@ -155,7 +155,7 @@ class _Bodies:
         self._heads[(kind, name)] = None
 
     def with_status(
-        self, db: sqlite3.Connection, kind: str, name: str, status: JsonObject
+        self, db: sqlite3.Connection, kind: str, name: str, status: bytes
     ) -> bytes | None:
         """The whole body to store, or None when the object is gone."""
         if (kind, name) not in self._heads:
@@ -163,7 +163,7 @@ class _Bodies:
         head = self._heads[(kind, name)]
         if head is None:
             return None
-        return head + b',"status":' + orjson.dumps(status) + b"}"
+        return head + b',"status":' + status + b"}"
 
     def _remember(self, kind: str, name: str, obj: JsonObject | None) -> None:
         if obj is None:
@@ -266,12 +266,13 @@ def _remove(db: sqlite3.Connection, kind: str, name: str) -> None:
 
 
 def _write_batch(db: sqlite3.Connection, batch: StatusBatch, bodies: _Bodies) -> None:
+    statuses = [(CACHE_KIND, name, status.json) for name, status in batch.caches.items()]
+    statuses += [(NODE_GROUP_KIND, name, orjson.dumps(s)) for name, s in batch.groups.items()]
     updates = []
-    for kind, statuses in ((CACHE_KIND, batch.caches), (NODE_GROUP_KIND, batch.groups)):
-        for name, status in statuses.items():
-            body = bodies.with_status(db, kind, name, status)
-            if body is not None:
-                updates.append((body.decode(), kind, name))
+    for kind, name, status in statuses:
+        body = bodies.with_status(db, kind, name, status)
+        if body is not None:
+            updates.append((body.decode(), kind, name))
     db.executemany("UPDATE objects SET body = ? WHERE kind = ? AND name = ?", updates)
     # LocalModelNode objects are derived from agent records and not stored on their own here;
     # the agent records (registration + last report) are what a restart needs. All in one

@@ -157,7 +157,7 @@ class Writer:
 
     async def write(self, batch: StatusBatch) -> None:
         writes: list[Awaitable[None]] = []
-        writes += [self._write_status(CACHES, n, s) for n, s in batch.caches.items()]
+        writes += [self._write_status(CACHES, n, s.value()) for n, s in batch.caches.items()]
         writes += [self._write_status(GROUPS, n, s) for n, s in batch.groups.items()]
         writes += [self._write_node(obj) for obj in batch.nodes.values()]
         writes += [self._delete_node(name) for name in batch.removed_nodes]
