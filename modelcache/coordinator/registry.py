@@ -179,12 +179,20 @@ class Registry:
         changed = previous != report
         if changed:
             self.dirty.nodes.add(name)
-            before = set(previous.models) if previous else set()
-            for key in before - set(report.models):
+            before = previous.models if previous else {}
+            for key in before.keys() - report.models.keys():
                 self._reporting[key].discard(name)
             for key in report.models:
                 self._reporting[key].add(name)
-            self._mark_caches_with_keys(before | set(report.models), name)
+            # Only the caches of the models whose entry changed: a progress report changes one
+            # model of the seven or so a node holds, and the others' statuses stay as they are.
+            moved = {
+                k
+                for k in before.keys() | report.models.keys()
+                if before.get(k) != report.models.get(k)
+            }
+            if moved:
+                self._mark_caches_with_keys(moved, name)
         if not self._ready.get(name, False):
             self._readiness_changed(record, ready=True)
         elif changed:

@@ -127,3 +127,23 @@ async def test_statuses_are_fresh_once_the_rendering_is_old_enough(tmp_path: Pat
             raise AssertionError(f"still {listed['items'][0]['status']['nodeStatus']}")
         single = await api.call("GET", "/v1/localmodelcaches/llama3")
         assert single["status"]["copies"] == {"total": 1, "available": 1, "failed": 0}
+
+
+async def test_a_report_changes_the_caches_of_the_models_that_changed_only() -> None:
+    registry = Registry(heartbeat_timeout=10, not_ready_deletion_timeout=5)
+    registry.upsert_group(normalize_node_group(node_group("a100", "80Gi")))
+    uris = ["hf://o/a", "hf://o/b"]
+    for i, (name, uri) in enumerate(zip("ab", uris, strict=True)):
+        raw = normalize_cache(cache(name, uri, "1Gi", "a100"))
+        registry.upsert_cache(stored(raw, f"2026-11-24T10:00:0{i}Z"))
+    body = {"nodeGroup": "a100", "address": "http://n1:9090", "disk": report({})["disk"]}
+    registry.register("n1", parse_registration(body))
+    registry.report(
+        "n1", parse_status_report(report({u: ("ModelDownloading", 1) for u in uris})), 1
+    )
+    before = {name: registry.rendering(name, 0.0) for name in "ab"}
+    states = {uris[0]: ("ModelDownloading", 2), uris[1]: ("ModelDownloading", 1)}
+    registry.report("n1", parse_status_report(report(states)), 1)
+    assert registry.rendering("b", 0.0) is before["b"]  # nothing of b changed: not rendered again
+    progress = orjson.loads(registry.rendering("a", 0.0).status)["nodeProgress"]
+    assert progress == {"n1": {"bytesDone": 2, "bytesTotal": 10}}
