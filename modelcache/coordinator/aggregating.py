@@ -107,10 +107,6 @@ class CacheAggregate:
         members = chain.from_iterable(self._states_json[b].values() for b in self._in_order())
         return b"{" + b",".join(members) + b"}"
 
-    def group_status_json(self, group: str) -> bytes:
-        """One admitted group's entries of `node_status()` as a JSON object."""
-        return b"{" + b",".join(self._states_json.get(group, {}).values()) + b"}"
-
     def progress_json(self) -> bytes:
         """`progress` as JSON."""
         return b"{" + b",".join(self._progress_json.values()) + b"}"
