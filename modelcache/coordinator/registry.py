@@ -8,6 +8,7 @@ own pace, so a burst of reports costs one write per object per interval.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +29,7 @@ from modelcache.contract.objects import (
 )
 from modelcache.coordinator.aggregating import CacheAggregate
 from modelcache.coordinator.inference_services import InferenceServiceIndex
-from modelcache.coordinator.nodes import NodeRecord
+from modelcache.coordinator.nodes import NodeRecord, serves
 from modelcache.coordinator.peering import PeerIndex
 from modelcache.coordinator.placement import DesiredModel, Placement, place
 from modelcache.coordinator.rendering import JoinedList, Rendering
@@ -37,7 +38,6 @@ from modelcache.coordinator.statuses import (
     Timing,
     cache_status_json,
     group_status,
-    group_usage,
     local_model_node,
 )
 
@@ -93,6 +93,9 @@ class Registry:
         self.conditions = ConditionBook()
         self._members: dict[str, set[str]] = defaultdict(set)  # group -> node names
         self._ready: dict[str, bool] = {}
+        # No ready node can go stale before this (the earliest last heartbeat + timeout at the
+        # last sweep; later heartbeats only move it out); -inf: something else changed, sweep.
+        self._sweep_due = -math.inf
         self._renderings: dict[str, Rendering] = {}  # what REST and the status writer serve
         self.cache_list = JoinedList(
             b'{"apiVersion":%s,"kind":"LocalModelCacheList","metadata":{},"items":['
@@ -156,6 +159,7 @@ class Registry:
         if record.cluster_ready and not ready:
             record.cluster_not_ready_since = self._clock()
         record.cluster_ready = ready
+        self._sweep_due = -math.inf
         self._node_moved(record)
 
     def remove_cluster_node(self, name: str) -> None:
@@ -166,6 +170,7 @@ class Registry:
         record.registration = registration
         record.restored = False
         record.last_seen = self._clock()
+        self._sweep_due = -math.inf
         self._node_moved(record)
         return record
 
@@ -177,6 +182,7 @@ class Registry:
         record.last_seen = self._clock()
         record.last_report_time = now_rfc3339()
         changed = previous != report
+        serving_moved = False
         if changed:
             self.dirty.nodes.add(name)
             before = previous.models if previous else {}
@@ -193,9 +199,12 @@ class Registry:
             }
             if moved:
                 self._mark_caches_with_keys(moved, name)
+            serving_moved = any(
+                serves(before.get(k)) != serves(report.models.get(k)) for k in moved
+            )
         if not self._ready.get(name, False):
             self._readiness_changed(record, ready=True)
-        elif changed:
+        elif serving_moved:  # not for more bytes done: what it serves is the same
             self._serving_changed.add(name)
         return record
 
@@ -333,18 +342,26 @@ class Registry:
 
     def _readiness_changed(self, record: NodeRecord, *, ready: bool) -> None:
         self._ready[record.name] = ready
+        self._sweep_due = -math.inf  # a node ready again counts in the next bound
         self._serving_changed.add(record.name)
         self.dirty.nodes.add(record.name)
         keys = record.desired_keys() | (set(record.report.models) if record.report else set())
         self._mark_caches_with_keys(set(keys), record.name)
 
     def sweep_readiness(self) -> None:
-        """Notice nodes whose heartbeats stopped (or resumed); called periodically."""
+        """Notice nodes whose heartbeats stopped (or resumed); called every tick, but a pass over
+        the 10,000 nodes is only made once one of them could have gone stale."""
         now = self._clock()
+        if now < self._sweep_due:
+            return
+        due = math.inf
         for record in self.nodes.values():
             ready = record.not_ready_for(now, self.heartbeat_timeout) is None
             if self._ready.get(record.name) != ready:
                 self._readiness_changed(record, ready=ready)
+            if ready and record.last_seen is not None:
+                due = min(due, record.last_seen + self.heartbeat_timeout)
+        self._sweep_due = due
 
     # --- views ----------------------------------------------------------------------------------
 
@@ -471,44 +488,6 @@ class Registry:
             else:
                 waiting.append(record.name)
         return DeletionProgress(not waiting, tuple(sorted(waiting)), tuple(sorted(given_up)))
-
-    def nodegroup_summary(self, name: str) -> JsonObject:
-        members = self.members(name)
-        group = self.groups.get(name)
-        now, timeout = self._clock(), self.heartbeat_timeout
-        nodes: list[JsonObject] = []
-        disk_capacity = 0
-        for r in members:  # one plain loop: a group may have thousands of nodes
-            disk = None
-            if r.report is not None:
-                capacity = r.report.disk.capacity_bytes
-                disk = {"capacityBytes": capacity, "freeBytes": r.report.disk.free_bytes}
-                disk_capacity += capacity
-            nodes.append(
-                {"name": r.name, "ready": r.not_ready_for(now, timeout) is None, "disk": disk}
-            )
-        summary: JsonObject = {
-            "nodeGroup": name,
-            "exists": group is not None,
-            "nodes": nodes,
-            "diskCapacityBytes": disk_capacity,
-        }
-        if group is not None:
-            summary["storageLimit"] = group.storage_limit_text
-            summary.update(group_usage(group, self.placement))
-        models: list[Mapping[str, Any]] = []
-        for desired in self.placement.models_by_group.get(name, ()):
-            states = dict(self.aggregate(desired.caches[0]).buckets.get(name, {}))
-            models.append(
-                {
-                    "caches": list(desired.caches),
-                    "storageKey": desired.storage_key,
-                    "sourceModelUri": desired.source_model_uri,
-                    "nodeStatus": states,
-                }
-            )
-        summary["models"] = models
-        return summary
 
     def placement_of(self, cache_name: str, group: str) -> list[str]:
         return self.aggregate(cache_name).downloaded_in(group)
