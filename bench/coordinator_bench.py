@@ -12,10 +12,11 @@ desired lists. Then, with --long-polls agents parked in a desired long poll:
   Downloading with growing bytesDone -> Downloaded, one model after another) as fast as the
   coordinator answers them (or at --rate per second, open loop, latency counted from the
   schedule); reports/s = accepted 204s / wall time;
-- meanwhile a probe sends GETs of one cache, the cache list, a placement and a node-group summary
-  at --probe-rate per second (open loop, at most 8 in flight; skipped ones are counted; 0 turns
-  it off, to see what reports alone get); before the load the same routes are timed one request
-  at a time (--idle-probe per route), which is each route's own cost;
+- meanwhile a probe (`bench.coordinator_probe`, a process of its own) sends GETs of one cache,
+  the cache list, a placement and a node-group summary at --probe-rate per second (open loop, at
+  most 8 in flight; skipped ones are counted; 0 turns it off, to see what reports alone get);
+  before the load the same routes are timed one request at a time (--idle-probe per route), which
+  is each route's own cost;
 - convergence: every agent reports all its models downloaded; from the last accepted report, how
   long until GET /v1/localmodelcaches shows every cache complete (copies.available ==
   copies.total == its nodes, every nodeStatus NodeDownloaded), and until the statuses stored in
@@ -40,7 +41,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +50,14 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.coordinator_load import agent_name
+from bench.coordinator_probe import PROBE_IN_FLIGHT, ROUTES, Probe, service_times
 from bench.measured_revision import measured_revision
 from modelcache.contract.objects import CACHE_KIND
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
 GROUP_NAMES = ("a100", "h100", "l40s", "t4", "a10g", "l4", "v100", "mi300")
-ROUTES = (
-    "GET /v1/localmodelcaches/{name}",
-    "GET /v1/localmodelcaches",
-    "GET /v1/placement",
-    "GET /v1/nodegroups/{group}",
-)
 STATUS_ROUTE = "/v1/agents/{node}/status"
-PROBE_IN_FLIGHT = 8
 Figures = dict[str, float]
 
 
@@ -88,14 +83,6 @@ class Layout:
 
     def expected_nodes(self) -> dict[str, int]:
         return {c: sum(self.members(g) for g in gs) for c, gs in self.caches.items()}
-
-
-@dataclass
-class Probe:
-    seconds: dict[str, list[float]] = field(default_factory=lambda: {r: [] for r in ROUTES})
-    sizes: dict[str, int] = field(default_factory=dict)
-    errors: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0
 
 
 @dataclass
@@ -204,7 +191,7 @@ async def _run(args: argparse.Namespace, layout: Layout, number: int) -> Figures
             figures["settle_s"] = await _settle(coordinator)
             figures["cpu_setup_s"] = _cpu(coordinator)
             if args.idle_probe > 0:
-                idle = await _service_times(http, url, layout, args.idle_probe)
+                idle = await service_times(http, url, layout.caches, args.idle_probe)
                 _probe_figures(figures, "idle", idle)
             async with _long_polls(url, layout, args.long_polls, args.long_poll_wait) as polls:
                 await _load_phase(args, http, url, coordinator, generators, layout, figures)
@@ -368,10 +355,11 @@ async def _load_phase(
     me, system = psutil.Process(), psutil.cpu_times()
     cpu, bench_cpu, wall = _cpu(coordinator), _cpu(me), time.monotonic()
     profiler = await _start_profiler(args, coordinator.pid) if args.profile else None
-    loads, probe = await asyncio.gather(
-        asyncio.gather(*(g.command("load") for g in generators)),
-        _probe(http, url, layout, args.probe_rate, args.duration),
-    )
+    async with _prober(args, url, layout) as prober:
+        loads, answer = await asyncio.gather(
+            asyncio.gather(*(g.command("load") for g in generators)), prober.command("go")
+        )
+    probe = Probe.from_json(answer)
     wall = time.monotonic() - wall
     cores = {
         "coordinator": (_cpu(coordinator) - cpu) / wall,
@@ -406,6 +394,27 @@ async def _load_phase(
     figures["reports_sent"] = sum(r["ok"] for r in loads)
     if profiler is not None:
         _print_profile(args.workdir / "profile.txt", rate=100, seconds=args.duration)
+
+
+@contextlib.asynccontextmanager
+async def _prober(args: argparse.Namespace, url: str, layout: Layout) -> AsyncIterator[LoadProcess]:
+    """`bench.coordinator_probe`, started and ready: our own loop also reads long polls."""
+    proc = await asyncio.create_subprocess_exec(
+        *(PY, "-m", "bench.coordinator_probe", f"--url={url}", f"--rate={args.probe_rate}"),
+        *(f"--seconds={args.duration}", f"--caches={json.dumps(layout.caches)}"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        limit=1 << 24,
+    )
+    prober = LoadProcess(proc)
+    try:
+        await prober.answer()
+        yield prober
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 async def _convergence(
@@ -477,73 +486,6 @@ def _stored_converged(db: Path, expected: dict[str, int], since: float, limit: f
                 return read - since
             time.sleep(0.1)
     return math.inf
-
-
-async def _probe(
-    http: aiohttp.ClientSession, url: str, layout: Layout, rate: float, seconds: float
-) -> Probe:
-    """Open loop at `rate`/s over the four query routes; the slowest never pile up past 8."""
-    probe = Probe()
-    if rate <= 0:
-        await asyncio.sleep(seconds)
-        return probe
-    in_flight = 0
-
-    async def one(route: str, path: str) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        try:
-            await _probe_once(http, url + path, route, probe)
-        finally:
-            in_flight -= 1
-
-    loop = asyncio.get_running_loop()
-    start, i = loop.time(), 0
-    async with asyncio.TaskGroup() as tg:
-        while (at := start + i / rate) < start + seconds:
-            await asyncio.sleep(max(at - loop.time(), 0))
-            route = ROUTES[i % len(ROUTES)]
-            if in_flight >= PROBE_IN_FLIGHT:
-                probe.skipped += 1
-            else:
-                tg.create_task(one(route, _probe_paths(layout, i // len(ROUTES))[route]))
-            i += 1
-    return probe
-
-
-async def _service_times(
-    http: aiohttp.ClientSession, url: str, layout: Layout, per_route: int
-) -> Probe:
-    """One request at a time on an idle coordinator: what each route costs on its own."""
-    probe = Probe()
-    for i in range(per_route):
-        for route, path in _probe_paths(layout, i).items():
-            await _probe_once(http, url + path, route, probe)
-    return probe
-
-
-def _probe_paths(layout: Layout, i: int) -> dict[str, str]:
-    cache = list(layout.caches)[i % len(layout.caches)]
-    return {
-        ROUTES[0]: f"/v1/localmodelcaches/{cache}",
-        ROUTES[1]: "/v1/localmodelcaches",
-        ROUTES[2]: f"/v1/placement?cache={cache}",
-        ROUTES[3]: f"/v1/nodegroups/{layout.caches[cache][0]}",
-    }
-
-
-async def _probe_once(http: aiohttp.ClientSession, url: str, route: str, probe: Probe) -> None:
-    started = time.perf_counter()
-    try:
-        async with http.get(url) as response:
-            body = await response.read()
-        if response.status != 200:
-            probe.errors[f"{route} {response.status}"] += 1
-            return
-        probe.seconds[route].append(time.perf_counter() - started)
-        probe.sizes[route] = len(body)
-    except (aiohttp.ClientError, TimeoutError) as e:
-        probe.errors[f"{route} {type(e).__name__}"] += 1
 
 
 def _probe_figures(figures: Figures, phase: str, probe: Probe) -> None:
