@@ -107,10 +107,6 @@ class CacheAggregate:
         members = chain.from_iterable(self._states_json[b].values() for b in self._in_order())
         return b"{" + b",".join(members) + b"}"
 
-    def group_states_json(self, group: str) -> bytes:
-        """The group's part of `node_status()` as JSON (its nodes, as they joined)."""
-        return b"{" + b",".join(self._states_json.get(group, {}).values()) + b"}"
-
     def progress_json(self) -> bytes:
         """`progress` as JSON."""
         return b"{" + b",".join(self._progress_json.values()) + b"}"

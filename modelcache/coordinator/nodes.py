@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
-
 from modelcache.contract.agent_wire import (
     ModelReport,
     Registration,
@@ -20,15 +18,13 @@ from modelcache.contract.objects import JsonObject
 from modelcache.contract.quantities import parse_quantity
 from modelcache.coordinator.placement import DesiredModel
 
+# A node serves its peers the chunks it holds while it pulls, and the whole model once done.
 SERVING_STATES: Final = frozenset({"ModelDownloading", "ModelDownloaded"})
 
 
 def serves(model: ModelReport | None) -> bool:
     """Whether a node reporting `model` so may serve it to its peers."""
     return model is not None and model.state in SERVING_STATES
-
-
-"""A node serves its peers the chunks it holds while it pulls, and the whole model once done."""
 
 
 @dataclass(slots=True)
@@ -54,7 +50,6 @@ class NodeRecord:
     restored: bool = False
     """Brought back from the store's record (address unknown) and not registered with this
     coordinator since: its agent is asked to register again, which tells us its address."""
-    _summary: tuple[StatusReport | None, bool, bytes] | None = field(default=None, repr=False)
 
     @property
     def group(self) -> str | None:
@@ -106,24 +101,6 @@ class NodeRecord:
             else ()
         )
         return self.desired_keys() | frozenset(reported)
-
-    def summary_json(self, ready: bool) -> bytes:
-        """Its entry in its node group's summary, as JSON. Kept until its report or readiness
-        changes: a group has thousands of nodes, and between two reads most did not report."""
-        memo = self._summary
-        if memo is not None and memo[0] is self.report and memo[1] == ready:
-            return memo[2]
-        disk = self.report.disk if self.report is not None else None
-        entry = {
-            "name": self.name,
-            "ready": ready,
-            "disk": {"capacityBytes": disk.capacity_bytes, "freeBytes": disk.free_bytes}
-            if disk is not None
-            else None,
-        }
-        rendered = orjson.dumps(entry)
-        self._summary = (self.report, ready, rendered)
-        return rendered
 
     def not_ready_for(self, now: float, heartbeat_timeout: float) -> float | None:
         """Seconds this node has been NotReady, or None while it is ready."""

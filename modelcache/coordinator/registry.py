@@ -38,6 +38,7 @@ from modelcache.coordinator.statuses import (
     Timing,
     cache_status_json,
     group_status,
+    group_usage,
     local_model_node,
 )
 
@@ -488,6 +489,44 @@ class Registry:
             else:
                 waiting.append(record.name)
         return DeletionProgress(not waiting, tuple(sorted(waiting)), tuple(sorted(given_up)))
+
+    def nodegroup_summary(self, name: str) -> JsonObject:
+        members = self.members(name)
+        group = self.groups.get(name)
+        now, timeout = self._clock(), self.heartbeat_timeout
+        nodes: list[JsonObject] = []
+        disk_capacity = 0
+        for r in members:  # one plain loop: a group may have thousands of nodes
+            disk = None
+            if r.report is not None:
+                capacity = r.report.disk.capacity_bytes
+                disk = {"capacityBytes": capacity, "freeBytes": r.report.disk.free_bytes}
+                disk_capacity += capacity
+            nodes.append(
+                {"name": r.name, "ready": r.not_ready_for(now, timeout) is None, "disk": disk}
+            )
+        summary: JsonObject = {
+            "nodeGroup": name,
+            "exists": group is not None,
+            "nodes": nodes,
+            "diskCapacityBytes": disk_capacity,
+        }
+        if group is not None:
+            summary["storageLimit"] = group.storage_limit_text
+            summary.update(group_usage(group, self.placement))
+        models: list[Mapping[str, Any]] = []
+        for desired in self.placement.models_by_group.get(name, ()):
+            states = dict(self.aggregate(desired.caches[0]).buckets.get(name, {}))
+            models.append(
+                {
+                    "caches": list(desired.caches),
+                    "storageKey": desired.storage_key,
+                    "sourceModelUri": desired.source_model_uri,
+                    "nodeStatus": states,
+                }
+            )
+        summary["models"] = models
+        return summary
 
     def placement_of(self, cache_name: str, group: str) -> list[str]:
         return self.aggregate(cache_name).downloaded_in(group)

@@ -27,7 +27,6 @@ from modelcache.contract.agent_wire import (
 from modelcache.contract.errors import ModelCacheError, TemporaryError, UsageError
 from modelcache.contract.objects import API_VERSION, FieldError, JsonObject
 from modelcache.coordinator.authenticating import AgentGate, ForbiddenError, UnauthenticatedError
-from modelcache.coordinator.group_summary import group_summary_json
 from modelcache.coordinator.leading import LeadershipLostError
 from modelcache.coordinator.openapi import OPENAPI
 from modelcache.coordinator.service import Coordinator, Pauser
@@ -215,7 +214,7 @@ async def get_nodegroup_summary(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     if group not in registry.groups and not registry.members(group):
         raise ObjectNotFoundError(f"node group {group} has neither a LocalModelNodeGroup nor nodes")
-    return _json_bytes(group_summary_json(registry, group))
+    return _json(registry.nodegroup_summary(group))
 
 
 async def get_placement(request: web.Request) -> web.Response:
