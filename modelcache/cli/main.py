@@ -10,8 +10,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import uvloop
-
 from modelcache.cli.apply_command import add_apply_parser
 from modelcache.cli.objects_command import add_delete_parser, add_get_parser
 from modelcache.cli.pull_command import add_pull_parser
@@ -57,9 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_until_signal(coro: Coroutine[Any, Any, int]) -> int:
     """Run the command; SIGTERM cancels it like Ctrl-C does, so cleanup code always runs."""
-    # uvloop: the same asyncio with the loop and its transports in C; the coordinator answered
-    # 2,629 reports/s on it against 2,055 on the default loop (bench.coordinator_bench).
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner() as runner:
         loop = runner.get_loop()
         task = loop.create_task(coro, name="modelcache-command")
         loop.add_signal_handler(signal.SIGTERM, task.cancel)

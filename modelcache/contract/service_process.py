@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
-
-import uvloop
 
 from modelcache.contract.errors import ModelCacheError, UsageError
 
@@ -22,12 +20,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def run_until_signalled(service: Coroutine[Any, Any, None], prog: str) -> int:
+def run_until_signalled(
+    service: Coroutine[Any, Any, None],
+    prog: str,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> int:
     """Run `service` until it fails (exit 1, message on stderr) or SIGTERM/SIGINT cancel it
     (exit 0: the service's own shutdown phases run inside the cancellation)."""
-    # uvloop: the same asyncio with the loop and its transports in C; the coordinator answered
-    # 2,629 reports/s on it against 2,055 on the default loop (bench.coordinator_bench).
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         loop = runner.get_loop()
         task = loop.create_task(service, name=prog)
         for sig in (signal.SIGTERM, signal.SIGINT):
