@@ -45,9 +45,8 @@ from typing import Any
 import psutil
 
 from bench import harness
-from bench.harness import AGENT, API, COORDINATOR, PY, MiB
+from bench.harness import AGENT, COORDINATOR, PY, MiB
 from bench.measured_revision import measured_revision
-from modelcache.contract.objects import CACHE_KIND
 from modelcache.contract.quantities import format_bytes, parse_bytes
 from modelcache.contract.storage_keys import storage_key
 
@@ -279,27 +278,11 @@ def _idle(services: Services, seconds: float, prefix: str) -> Figures:
 
 def _pull(services: Services, total: int) -> Figures:
     """Apply the group and the cache; sample until the agent reports the model downloaded."""
-    harness.put(
-        f"{services.coordinator}/v1/localmodelnodegroups/{GROUP}",
-        {
-            "apiVersion": API,
-            "kind": "LocalModelNodeGroup",
-            "metadata": {"name": GROUP},
-            "spec": {"storageLimit": "100Ti"},
-        },
-    )
+    harness.put_node_group(services.coordinator, GROUP, "100Ti")
     phase = Phase(psutil.Process(services.agent_proc.pid))
     origin_cpu = _cpu_seconds(services.origin_ps)
     key = storage_key(SOURCE_URI)
-    harness.put(
-        f"{services.coordinator}/v1/localmodelcaches/{CACHE_NAME}",
-        {
-            "apiVersion": API,
-            "kind": CACHE_KIND,
-            "metadata": {"name": CACHE_NAME},
-            "spec": {"sourceModelUri": SOURCE_URI, "modelSize": str(total), "nodeGroups": [GROUP]},
-        },
-    )
+    harness.put_cache(services.coordinator, CACHE_NAME, SOURCE_URI, total, GROUP)
     put_at = time.monotonic()
     last_poll = -math.inf
     report: dict[str, Any] = {}

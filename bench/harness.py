@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from modelcache.contract.objects import CACHE_KIND
 from modelcache.origin.synthetic import write_synthetic_repo
 
 PY = sys.executable
@@ -137,6 +138,40 @@ def put(url: str, body: dict[str, Any]) -> None:
     code, answer = request("PUT", url, body)
     if code not in (200, 201):
         raise SystemExit(f"PUT {url}: {code} {answer}")
+
+
+def put_node_group(coordinator: str, name: str, storage_limit: str) -> None:
+    put(
+        f"{coordinator}/v1/localmodelnodegroups/{name}",
+        {
+            "apiVersion": API,
+            "kind": "LocalModelNodeGroup",
+            "metadata": {"name": name},
+            "spec": {"storageLimit": storage_limit},
+        },
+    )
+
+
+def put_cache(
+    coordinator: str,
+    name: str,
+    source_uri: str,
+    size: int,
+    group: str,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    metadata: dict[str, Any] = {"name": name}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    put(
+        f"{coordinator}/v1/localmodelcaches/{name}",
+        {
+            "apiVersion": API,
+            "kind": CACHE_KIND,
+            "metadata": metadata,
+            "spec": {"sourceModelUri": source_uri, "modelSize": str(size), "nodeGroups": [group]},
+        },
+    )
 
 
 def free_port() -> int:

@@ -39,9 +39,9 @@ from typing import Any
 import psutil
 
 from bench import harness
-from bench.harness import AGENT, API, COORDINATOR
+from bench.harness import AGENT, COORDINATOR
 from bench.measured_revision import measured_revision
-from modelcache.contract.objects import CACHE_KIND, PEER_FETCH_ANNOTATION
+from modelcache.contract.objects import PEER_FETCH_ANNOTATION
 from modelcache.contract.quantities import format_bytes, parse_quantity
 from modelcache.origin.repos import load_repo
 from modelcache.origin.server import Origin, start_origin
@@ -216,25 +216,9 @@ def _agents(run_dir: Path, coordinator: str, origin: str, count: int) -> Iterato
 
 
 def _apply(coordinator: str, total: int, *, peer_fetch: bool) -> None:
-    harness.put(
-        f"{coordinator}/v1/localmodelnodegroups/{GROUP}",
-        {
-            "apiVersion": API,
-            "kind": "LocalModelNodeGroup",
-            "metadata": {"name": GROUP},
-            "spec": {"storageLimit": "100Ti"},
-        },
-    )
+    harness.put_node_group(coordinator, GROUP, "100Ti")
     annotations = {} if peer_fetch else {PEER_FETCH_ANNOTATION: "false"}
-    harness.put(
-        f"{coordinator}/v1/localmodelcaches/{CACHE_NAME}",
-        {
-            "apiVersion": API,
-            "kind": CACHE_KIND,
-            "metadata": {"name": CACHE_NAME, "annotations": annotations},
-            "spec": {"sourceModelUri": SOURCE_URI, "modelSize": str(total), "nodeGroups": [GROUP]},
-        },
-    )
+    harness.put_cache(coordinator, CACHE_NAME, SOURCE_URI, total, GROUP, annotations)
 
 
 def _until_all_downloaded(coordinator: str, count: int, limit: float) -> float:
