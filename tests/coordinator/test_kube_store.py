@@ -115,6 +115,21 @@ async def test_watch_follows_caches_groups_and_nodes(
     assert not fake_kube.exists(NODES, "gpu-a100-1")
 
 
+async def test_a_cache_gets_one_finalizer_however_many_events_lack_it(
+    kube_api: Api, fake_kube: FakeKubeHandle
+) -> None:
+    registry = kube_api.coordinator.registry
+    fake_kube.create(CACHES, cache("phi", "hf://microsoft/phi-3", "8Gi", "h100"))
+    # A second event without the finalizer, queued before the coordinator has added it.
+    fake_kube.patch(CACHES, "phi", {"metadata": {"labels": {"team": "search"}}})
+    # Events of one watch are handled in order: once a later cache is in, phi's are done.
+    fake_kube.create(CACHES, cache("later", "hf://o/later", "1Gi", "h100"))
+    await eventually(lambda: "later" in registry.caches)
+    assert fake_kube.get(CACHES, "phi")["metadata"]["finalizers"] == [
+        "localmodel.kserve.io/finalizer"
+    ]
+
+
 async def test_a_410_relists_and_notices_what_changed_meanwhile(
     kube_api: Api, fake_kube: FakeKubeHandle
 ) -> None:

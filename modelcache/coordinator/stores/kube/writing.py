@@ -148,7 +148,11 @@ class Writer:
         raise ObjectConflictError(f"finalizers of {name} keep changing under us")
 
     async def add_finalizer(self, name: str) -> None:
-        await self._set_finalizers(name, lambda f: [*f, CACHE_FINALIZER])
+        # Decided on the object as read now: the watch event that asked for it may be older
+        # than a finalizer added since (two events queued before the first patch landed).
+        await self._set_finalizers(
+            name, lambda f: f if CACHE_FINALIZER in f else [*f, CACHE_FINALIZER]
+        )
 
     async def remove_finalizer(self, name: str) -> None:
         await self._set_finalizers(name, lambda f: [x for x in f if x != CACHE_FINALIZER])
