@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-parallel-pulls", type=int, help="models pulled at once (default 2)")
     parser.add_argument("--max-bandwidth", help="node-wide cap, bytes/s, e.g. 500Mi (default none)")
     parser.add_argument("--concurrency", type=int, help="ranged requests per pull (default 16)")
-    parser.add_argument("--chunk-size", help="bytes per ranged request (default 32Mi)")
+    parser.add_argument("--chunk-size", help="bytes per ranged request (default 4Mi)")
     parser.add_argument("--min-free", help="space to keep free on the cache disk (default 1Gi)")
     parser.add_argument("--deletion-grace", type=float, help="seconds (default 30)")
     parser.add_argument("--error-retry-interval", type=float, help="seconds (default 600)")

@@ -31,7 +31,7 @@ def add_pull_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("dest", type=Path, help="model folder to create or update")
     p.add_argument("--revision", help="hf:// branch, tag or commit (default: main)")
     p.add_argument("--concurrency", type=int, help="ranged requests in flight (default 16)")
-    p.add_argument("--chunk-size", help="bytes per ranged request, e.g. 32Mi (default 32Mi)")
+    p.add_argument("--chunk-size", help="bytes per ranged request, e.g. 32Mi (default 4Mi)")
     p.add_argument(
         "--include",
         action="append",

@@ -324,7 +324,7 @@ class ChunkFetcher:
             if cursor.peer is not None and offset == chunk.start:
                 cursor.checkpoint = hasher.offer_tentatively(offset, pieces)
             else:
-                hasher.offer(offset, pieces)
+                hasher.offer(offset, pieces, hold=cursor.peer is None)
         if not finished:
             return ""
         digest = cursor.chunk_hash.hexdigest() if cursor.chunk_hash is not None else ""

@@ -50,7 +50,7 @@ from modelcache.pulling.staging import (
     recover_publish,
 )
 from modelcache.pulling.transfers import FileTransfer
-from modelcache.pulling.verifying import TrailingHasher, check_published
+from modelcache.pulling.verifying import HoldBudget, TrailingHasher, check_published
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -261,12 +261,12 @@ class _PullRun:
         self._fetched = 0
         # Blocking work runs on two small pools, both joined before any file descriptor is
         # closed, so a cancelled pull never has a thread writing into a recycled descriptor.
-        # One writer thread by default: measured faster than 2 or 16, which contend for the
-        # file's inode lock.
+        # Writers also hash what they write (see `PullSettings.write_threads`).
         self._writes = ThreadPoolExecutor(
             max_workers=settings.write_threads, thread_name_prefix="modelcache-write"
         )
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelcache-io")
+        self._hold_budget = HoldBudget(settings.hash_hold)
 
     async def execute(self) -> int:
         listing, paths = self._listing, self._paths
@@ -404,7 +404,11 @@ class _PullRun:
         """Hash the file as its prefix fills in; when complete, check, fsync, or fetch again."""
         digest = None if transfer.reused else transfer.remote.digest
         for refetch in range(self._settings.refetches_per_file + 1):
-            hasher = transfer.hasher = TrailingHasher(digest, transfer.size) if digest else None
+            if transfer.hasher is not None:
+                transfer.hasher.release()
+            hasher = transfer.hasher = (
+                TrailingHasher(digest, transfer.size, self._hold_budget) if digest else None
+            )
             transfer.changed.set()
             while True:
                 await transfer.changed.wait()

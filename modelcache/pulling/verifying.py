@@ -48,31 +48,73 @@ def new_hash(digest: Digest, size: int) -> _Hash:
     return git
 
 
+class HoldBudget:
+    """Bytes that the hashers of one pull may keep in memory for blocks written ahead of their
+    hashing frontier. Without it every such block is read back from disk: with O_DIRECT writes
+    that is a second disk pass (measured: 2.0 GB read back for a 2 GiB pull)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, amount: int) -> bool:
+        with self._lock:
+            if self.used + amount > self.limit:
+                return False
+            self.used += amount
+            return True
+
+    def give_back(self, amount: int) -> None:
+        with self._lock:
+            self.used -= amount
+
+
+NO_HOLDING = HoldBudget(0)
+
+
 class TrailingHasher:
     """Hashes a file from offset 0 up to wherever the download has filled it contiguously.
 
-    Bytes come two ways: the writer `offer`s a block it has just written when the block starts
-    exactly where hashing stands (hashed from memory, no read-back), and the verifier calls
-    `advance_to` to read back whatever was written out of order. Both block: call them on a
-    thread. The writer only ever try-locks, so a read-back never holds up a write.
+    Bytes come three ways, cheapest first: the writer `offer`s a block it has just written; one
+    that starts exactly where hashing stands is hashed at once, one further on is held in memory
+    while the budget allows and hashed when the frontier reaches it; whatever was not held is
+    read back by the verifier's `advance_to`. All of it blocks: call it on a thread. The writer
+    only ever try-locks the hash, so a read-back never holds up a write.
     """
 
-    def __init__(self, digest: Digest, size: int) -> None:
+    def __init__(self, digest: Digest, size: int, budget: HoldBudget = NO_HOLDING) -> None:
         self.expected = digest
         self._size = size
         self._hash = new_hash(digest, size)
         self._lock = threading.Lock()
+        """Guards the hash and `offset`; held across a read-back."""
         self.offset = 0
+        self._budget = budget
+        self._held: dict[int, tuple[Sequence[bytes], int]] = {}
+        """Start offset -> (pieces, length) of blocks written ahead of `offset`."""
+        self._held_lock = threading.Lock()
+        """Guards `_held` alone, never across I/O or hashing."""
+        self.read_back = 0
+        """Bytes hashed by reading them back from disk rather than from memory."""
 
-    def offer(self, offset: int, pieces: Sequence[bytes]) -> bool:
-        """Hash `pieces` (written at `offset`) if they continue the hashed prefix."""
-        return self._offer(offset, pieces, save=False) is not None
+    def offer(self, offset: int, pieces: Sequence[bytes], *, hold: bool = True) -> bool:
+        """Hash `pieces` (written at `offset`) if they continue the hashed prefix; otherwise,
+        with `hold` and room in the budget, keep them until they do. True when hashed now."""
+        if self._held:
+            self._forget_overlapping(offset, sum(len(p) for p in pieces))
+        if self._offer(offset, pieces, save=False) is not None:
+            return True
+        if hold:
+            self._hold(offset, pieces)
+        return False
 
     def offer_tentatively(self, offset: int, pieces: Sequence[bytes]) -> HashCheckpoint | None:
         """`offer` the first block of a chunk not verified yet (a peer's copy); the checkpoint
         returned (None when not hashed) lets `rewind` undo it and what followed if the chunk
         turns out bad. Only a chunk's first block can continue the prefix: until the chunk is
-        done, the read-back stops at its start."""
+        done, the read-back stops at its start. Such blocks are never held: a bad chunk is
+        written again, and held bytes would outlive the rewrite."""
         return self._offer(offset, pieces, save=True)
 
     def rewind(self, checkpoint: HashCheckpoint) -> None:
@@ -80,6 +122,17 @@ class TrailingHasher:
         with self._lock:
             if self.offset > checkpoint.offset:
                 self._hash, self.offset = checkpoint.state.copy(), checkpoint.offset
+
+    def release(self) -> None:
+        """Drop every held block (the file is fetched again, or the pull ends)."""
+        with self._held_lock:
+            held, self._held = self._held, {}
+        self._budget.give_back(sum(length for _, length in held.values()))
+
+    @property
+    def held_bytes(self) -> int:
+        with self._held_lock:
+            return sum(length for _, length in self._held.values())
 
     def _offer(self, offset: int, pieces: Sequence[bytes], *, save: bool) -> HashCheckpoint | None:
         if offset != self.offset or not self._lock.acquire(blocking=False):
@@ -91,20 +144,76 @@ class TrailingHasher:
             for piece in pieces:
                 self._hash.update(piece)
                 self.offset += len(piece)
+            if not save:  # a tentative block must be checked before anything is built on it
+                self._hash_held()
             return checkpoint
         finally:
             self._lock.release()
 
+    def _hold(self, offset: int, pieces: Sequence[bytes]) -> None:
+        length = sum(len(p) for p in pieces)
+        if offset < self.offset or not self._budget.take(length):
+            return
+        with self._held_lock:
+            self._held[offset] = (pieces, length)
+        # The frontier may have reached `offset` while this block was on its way in.
+        if offset == self.offset and self._lock.acquire(blocking=False):
+            try:
+                self._hash_held()
+            finally:
+                self._lock.release()
+
+    def _forget_overlapping(self, offset: int, length: int) -> None:
+        """New bytes over a held block's range (a rewrite) make the held copy stale."""
+        end = offset + length
+        with self._held_lock:
+            stale = [s for s, (_, n) in self._held.items() if s < end and offset < s + n]
+            freed = sum(self._held.pop(s)[1] for s in stale)
+        if freed:
+            self._budget.give_back(freed)
+
+    def _hash_held(self) -> None:
+        """With `_lock` held: hash held blocks for as long as they continue the prefix."""
+        while True:
+            with self._held_lock:
+                found = self._held.pop(self.offset, None)
+            if found is None:
+                return
+            pieces, length = found
+            for piece in pieces:
+                self._hash.update(piece)
+            self.offset += length
+            self._budget.give_back(length)
+
+    def _next_held(self) -> int | None:
+        """Where the first held block ahead starts; blocks the hashing has passed (it never
+        should) are dropped so that they cannot pin the budget."""
+        with self._held_lock:
+            passed = [start for start in self._held if start < self.offset]
+            freed = sum(self._held.pop(start)[1] for start in passed)
+            ahead = min(self._held, default=None)
+        if freed:
+            self._budget.give_back(freed)
+        return ahead
+
     def advance_to(self, fd: int, end: int, direct_fd: int = -1) -> None:
-        while self.offset < end:
+        """Hash up to `end` (every byte before it is on disk): held blocks from memory, the rest
+        read back; then any held blocks that continue the prefix beyond `end`."""
+        while True:
             with self._lock:
+                self._hash_held()
                 if self.offset >= end:
                     return
-                block = read_at(fd, direct_fd, self.offset, min(READ_BLOCK, end - self.offset))
+                length = min(READ_BLOCK, end - self.offset)
+                next_held = self._next_held()
+                if next_held is not None:
+                    length = min(length, next_held - self.offset)
+                block = read_at(fd, direct_fd, self.offset, length)
                 if not block:
                     raise OSError(f"unexpected end of staged file at offset {self.offset}")
                 self._hash.update(block)
                 self.offset += len(block)
+                self.read_back += len(block)
 
     def matches(self) -> bool:
         return self._hash.hexdigest() == self.expected.hex.lower()
