@@ -381,6 +381,21 @@ class Registry:
             names = self._sorted_members[group] = sorted(self._members.get(group, ()))
         return [self.nodes[n] for n in names]
 
+    def catch_up(self, name: str, most: int) -> bool:
+        """Bring up to `most` of the cache's pending node entries up to date; True when none
+        are left. Lets the reconcile loop do in slices what `aggregate` would do in one
+        stretch: at 2,000 reports/s a cache gathers about a thousand changed nodes per tick,
+        some 10 ms of work that no request should wait behind."""
+        pending = self._pending.get(name, set())
+        current = self._aggregates.get(name)
+        if pending is None or current is None:
+            return True  # a rebuild, left to `aggregate`
+        now, timeout = self._clock(), self.heartbeat_timeout
+        for _ in range(min(most, len(pending))):
+            node = pending.pop()
+            current.update(node, self.nodes.get(node), now, timeout)
+        return not pending
+
     def aggregate(self, name: str) -> CacheAggregate:
         """The cache's per-node view, brought up to date."""
         cache = self.caches[name]

@@ -37,6 +37,7 @@ from modelcache.coordinator.stores.base import (
 
 log = logging.getLogger(__name__)
 SLICE_SECONDS = 0.005  # longest stretch of status rendering between two chances for requests
+CATCH_UP_NODES = 128  # aggregate entries brought up to date between two looks at the clock
 
 
 class Pauser:
@@ -201,6 +202,8 @@ class Coordinator:
         registry, store, pause = self.registry, self.store, Pauser()
         # Requests run in between (the pauses), so every name is looked up again: it may be gone.
         for name in dirty.caches:
+            while name in registry.caches and not registry.catch_up(name, CATCH_UP_NODES):
+                await pause.now_and_then()
             if name in registry.caches:
                 status = registry.rendering(name, 0.0).status
                 if self._written.get(("cache", name)) != status:  # bytes: a memcmp
