@@ -1,8 +1,9 @@
 """Digests: computed while the download is still running, and re-checked on published models.
 
 A file's chunks finish out of order, but the hasher only needs a contiguous prefix: it trails the
-download frontier, reading back from the page cache on a worker thread, so the sha256 of a
-multi-GB file is ready moments after its last byte lands instead of a full re-read later.
+download frontier, hashing blocks from memory as they are written (those written ahead of it are
+held within a budget) and reading back only what it could not hold, so the sha256 of a multi-GB
+file is ready moments after its last byte lands instead of a full re-read later.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class TrailingHasher:
         turns out bad. Only a chunk's first block can continue the prefix: until the chunk is
         done, the read-back stops at its start. Such blocks are never held: a bad chunk is
         written again, and held bytes would outlive the rewrite."""
+        if self._held:
+            self._forget_overlapping(offset, sum(len(p) for p in pieces))
         return self._offer(offset, pieces, save=True)
 
     def rewind(self, checkpoint: HashCheckpoint) -> None:
