@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -102,8 +102,6 @@ class TrailingHasher:
     def offer(self, offset: int, pieces: Sequence[bytes], *, hold: bool = True) -> bool:
         """Hash `pieces` (written at `offset`) if they continue the hashed prefix; otherwise,
         with `hold` and room in the budget, keep them until they do. True when hashed now."""
-        if self._held:
-            self._forget_overlapping(offset, sum(len(p) for p in pieces))
         if self._offer(offset, pieces, save=False) is not None:
             return True
         if hold:
@@ -116,8 +114,6 @@ class TrailingHasher:
         turns out bad. Only a chunk's first block can continue the prefix: until the chunk is
         done, the read-back stops at its start. Such blocks are never held: a bad chunk is
         written again, and held bytes would outlive the rewrite."""
-        if self._held:
-            self._forget_overlapping(offset, sum(len(p) for p in pieces))
         return self._offer(offset, pieces, save=True)
 
     def rewind(self, checkpoint: HashCheckpoint) -> None:
@@ -128,9 +124,7 @@ class TrailingHasher:
 
     def release(self) -> None:
         """Drop every held block (the file is fetched again, or the pull ends)."""
-        with self._held_lock:
-            held, self._held = self._held, {}
-        self._budget.give_back(sum(length for _, length in held.values()))
+        self._drop(lambda start, length: True)
 
     @property
     def held_bytes(self) -> int:
@@ -138,6 +132,9 @@ class TrailingHasher:
             return sum(length for _, length in self._held.values())
 
     def _offer(self, offset: int, pieces: Sequence[bytes], *, save: bool) -> HashCheckpoint | None:
+        if self._held:  # new bytes over a held block's range (a rewrite) make that copy stale
+            end = offset + sum(len(p) for p in pieces)
+            self._drop(lambda start, length: start < end and offset < start + length)
         if offset != self.offset or not self._lock.acquire(blocking=False):
             return None
         try:
@@ -166,12 +163,11 @@ class TrailingHasher:
             finally:
                 self._lock.release()
 
-    def _forget_overlapping(self, offset: int, length: int) -> None:
-        """New bytes over a held block's range (a rewrite) make the held copy stale."""
-        end = offset + length
+    def _drop(self, stale: Callable[[int, int], bool]) -> None:
+        """Drop the held blocks for which `stale(start, length)` holds, giving their bytes back."""
         with self._held_lock:
-            stale = [s for s, (_, n) in self._held.items() if s < end and offset < s + n]
-            freed = sum(self._held.pop(s)[1] for s in stale)
+            starts = [start for start, (_, length) in self._held.items() if stale(start, length)]
+            freed = sum(self._held.pop(start)[1] for start in starts)
         if freed:
             self._budget.give_back(freed)
 
@@ -191,13 +187,9 @@ class TrailingHasher:
     def _next_held(self) -> int | None:
         """Where the first held block ahead starts; blocks the hashing has passed (it never
         should) are dropped so that they cannot pin the budget."""
+        self._drop(lambda start, length: start < self.offset)
         with self._held_lock:
-            passed = [start for start in self._held if start < self.offset]
-            freed = sum(self._held.pop(start)[1] for start in passed)
-            ahead = min(self._held, default=None)
-        if freed:
-            self._budget.give_back(freed)
-        return ahead
+            return min(self._held, default=None)
 
     def advance_to(self, fd: int, end: int, direct_fd: int = -1) -> None:
         """Hash up to `end` (every byte before it is on disk): held blocks from memory, the rest
