@@ -15,11 +15,14 @@ import errno
 import mmap
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 ALIGN = 4096
 """Offsets, lengths and buffers aligned to this satisfy O_DIRECT on every common filesystem."""
+STARVED_PAUSE = 1.0
+"""Seconds a `BlockPool` hands out no waits after one ran out."""
 
 _local = threading.local()
 
@@ -51,25 +54,95 @@ def _buffer(size: int) -> memoryview:
 def write_at(fd: int, direct_fd: int, pieces: Sequence[bytes], offset: int) -> None:
     """Write `pieces` back to back at `offset`: the aligned middle through `direct_fd`."""
     total = sum(len(p) for p in pieces)
-    head = min(total, -offset % ALIGN)
-    middle = (total - head) - (total - head) % ALIGN
-    if direct_fd < 0 or middle == 0:
+    if direct_fd < 0 or total - min(total, -offset % ALIGN) < ALIGN:
         _pwrite_all(fd, pieces, offset)
         return
-    # Lay the bytes out so that buffer addresses and file offsets share their alignment: the
-    # middle then starts on a page boundary in memory too, as O_DIRECT requires.
+    # Lay the bytes out so that buffer addresses and file offsets share their alignment.
     shift = offset % ALIGN
     data = _buffer(shift + total)
     position = shift
     for piece in pieces:
         data[position : position + len(piece)] = piece
         position += len(piece)
-    start = shift + head
+    write_aligned(fd, direct_fd, data[shift : shift + total], offset)
+
+
+def write_aligned(fd: int, direct_fd: int, data: memoryview, offset: int) -> None:
+    """Write `data` at `offset`. `data` must lie in page-aligned memory at an address that
+    shares the alignment of `offset` (see `BodyBlock`): its aligned middle then goes through
+    `direct_fd` as it is, and only the unaligned head and tail (a few KiB at most) through `fd`."""
+    total = len(data)
+    head = min(total, -offset % ALIGN)
+    middle = (total - head) - (total - head) % ALIGN
+    if direct_fd < 0 or middle == 0:
+        _pwrite_all(fd, [data], offset)
+        return
     if head:
-        _pwrite_all(fd, [data[shift:start]], offset)
-    _pwrite_all(direct_fd, [data[start : start + middle]], offset + head)
+        _pwrite_all(fd, [data[:head]], offset)
+    _pwrite_all(direct_fd, [data[head : head + middle]], offset + head)
     if total > head + middle:
-        _pwrite_all(fd, [data[start + middle : shift + total]], offset + head + middle)
+        _pwrite_all(fd, [data[head + middle :]], offset + head + middle)
+
+
+class BodyBlock:
+    """Page-aligned memory a body is received into and written from with O_DIRECT as it is."""
+
+    __slots__ = ("_memory", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._memory = mmap.mmap(-1, capacity + ALIGN)
+
+    def window(self, offset: int, length: int) -> memoryview:
+        """Room for `length` (at most `capacity`) bytes of file offset `offset`, aligned alike."""
+        shift = offset % ALIGN
+        return memoryview(self._memory)[shift : shift + length]
+
+
+class BlockPool:
+    """Blocks a pull's hashers keep while they hold bytes written ahead of their frontier.
+
+    A fetch thread that has written a block the hasher cannot take yet swaps it for a spare
+    one: the written block stays in memory, unchanged and uncopied, until it is hashed and
+    given back. At most `limit` blocks are out at once. A thread that finds them all out waits
+    a moment for one (connections running far ahead of a file's frontier are held back), then
+    holds nothing: the hasher reads those bytes back from disk instead. After such a wait ran
+    out, nobody waits for a while: a pool too small for the pull's shape must cost read-backs,
+    not a wait per block."""
+
+    def __init__(self, block_size: int, limit: int) -> None:
+        self.block_size = block_size
+        self._limit = limit
+        self._out = 0
+        self._spare: list[BodyBlock] = []
+        self._returned = threading.Condition()
+        self._no_wait_until = 0.0
+
+    @property
+    def out(self) -> int:
+        """Blocks handed to hashers and not given back yet."""
+        return self._out
+
+    def swap(self, wait: float = 0.0) -> BodyBlock | None:
+        """A spare block in exchange for one handed to a hasher (given back later), or None
+        when `limit` blocks stayed out for `wait` seconds."""
+        with self._returned:
+            if time.monotonic() < self._no_wait_until:
+                wait = 0.0
+            if not self._returned.wait_for(lambda: self._out < self._limit, timeout=wait):
+                if wait:
+                    self._no_wait_until = time.monotonic() + STARVED_PAUSE
+                return None
+            self._out += 1
+            if self._spare:
+                return self._spare.pop()
+        return BodyBlock(self.block_size)
+
+    def give_back(self, block: BodyBlock) -> None:
+        with self._returned:
+            self._out -= 1
+            self._spare.append(block)
+            self._returned.notify()
 
 
 def read_at(fd: int, direct_fd: int, offset: int, length: int) -> memoryview:

@@ -50,7 +50,7 @@ from modelcache.pulling.staging import (
     recover_publish,
 )
 from modelcache.pulling.transfers import FileTransfer
-from modelcache.pulling.verifying import HoldBudget, TrailingHasher, check_published
+from modelcache.pulling.verifying import TrailingHasher, check_published
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -99,8 +99,8 @@ def open_peer_session(settings: PullSettings) -> aiohttp.ClientSession:
 
 
 def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
-    """One pooled session for a pull: its connections are shared by every file's chunks."""
-    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2, ttl_dns_cache=300)
+    """The session a pull lists its source with (chunks come through `ChunkFetcher`)."""
+    connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
     )
@@ -165,7 +165,6 @@ async def pull(
                 listing,
                 paths,
                 settings,
-                session,
                 progress,
                 limiter,
                 trust_published=not verify_digests,
@@ -239,7 +238,6 @@ class _PullRun:
         listing: RemoteListing,
         paths: StagingPaths,
         settings: PullSettings,
-        session: aiohttp.ClientSession,
         progress: ProgressCallback | None,
         limiter: AsyncLimiter | None,
         *,
@@ -255,18 +253,16 @@ class _PullRun:
         self._trust_published = trust_published
         self._paths = paths
         self._settings = settings
-        self._session = session
         self._progress = progress
         self._done_bytes = 0
         self._fetched = 0
-        # Blocking work runs on two small pools, both joined before any file descriptor is
-        # closed, so a cancelled pull never has a thread writing into a recycled descriptor.
-        # Writers also hash what they write (see `PullSettings.write_threads`).
+        # Blocking work runs on small pools (and the fetcher's threads), all joined before any
+        # file descriptor is closed, so a cancelled pull never has a thread writing into a
+        # recycled descriptor. Writers also hash what they write (see `write_threads`).
         self._writes = ThreadPoolExecutor(
             max_workers=settings.write_threads, thread_name_prefix="modelcache-write"
         )
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelcache-io")
-        self._hold_budget = HoldBudget(settings.hash_hold)
 
     async def execute(self) -> int:
         listing, paths = self._listing, self._paths
@@ -335,7 +331,6 @@ class _PullRun:
                 transfers, order, self._settings, fingerprint=fingerprint, tracker=tracker
             )
             fetcher = ChunkFetcher(
-                self._session,
                 self._listing.request_headers,
                 self._settings,
                 journal,
@@ -345,6 +340,7 @@ class _PullRun:
                 board=self._board,
                 peer_session=peer_session,
             )
+            stack.callback(fetcher.close)
             workers = self._settings.concurrency
             with _first_error_of_group():
                 async with asyncio.TaskGroup() as group:
@@ -406,9 +402,7 @@ class _PullRun:
         for refetch in range(self._settings.refetches_per_file + 1):
             if transfer.hasher is not None:
                 transfer.hasher.release()
-            hasher = transfer.hasher = (
-                TrailingHasher(digest, transfer.size, self._hold_budget) if digest else None
-            )
+            hasher = transfer.hasher = TrailingHasher(digest, transfer.size) if digest else None
             transfer.changed.set()
             while True:
                 await transfer.changed.wait()

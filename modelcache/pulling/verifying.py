@@ -2,8 +2,8 @@
 
 A file's chunks finish out of order, but the hasher only needs a contiguous prefix: it trails the
 download frontier, hashing blocks from memory as they are written (those written ahead of it are
-held within a budget) and reading back only what it could not hold, so the sha256 of a multi-GB
-file is ready moments after its last byte lands instead of a full re-read later.
+held while the pull has memory for them) and reading back only what it could not hold, so the
+sha256 of a multi-GB file is ready moments after its last byte lands instead of a full re-read.
 """
 
 from __future__ import annotations
@@ -49,66 +49,54 @@ def new_hash(digest: Digest, size: int) -> _Hash:
     return git
 
 
-class HoldBudget:
-    """Bytes that the hashers of one pull may keep in memory for blocks written ahead of their
-    hashing frontier. Without it every such block is read back from disk: with O_DIRECT writes
-    that is a second disk pass (measured: 2.0 GB read back for a 2 GiB pull)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def take(self, amount: int) -> bool:
-        with self._lock:
-            if self.used + amount > self.limit:
-                return False
-            self.used += amount
-            return True
-
-    def give_back(self, amount: int) -> None:
-        with self._lock:
-            self.used -= amount
-
-
-NO_HOLDING = HoldBudget(0)
-
-
 class TrailingHasher:
     """Hashes a file from offset 0 up to wherever the download has filled it contiguously.
 
-    Bytes come three ways, cheapest first: the writer `offer`s a block it has just written; one
-    that starts exactly where hashing stands is hashed at once, one further on is held in memory
-    while the budget allows and hashed when the frontier reaches it; whatever was not held is
-    read back by the verifier's `advance_to`. All of it blocks: call it on a thread. The writer
-    only ever try-locks the hash, so a read-back never holds up a write.
+    Bytes come three ways, cheapest first: the writer `offer`s a block it has just written, which
+    is hashed at once if it starts exactly where hashing stands; a block further on may be given
+    to `hold`, and is hashed when the frontier reaches it; whatever was not held is read back by
+    the verifier's `advance_to`. All of it blocks: call it on a thread. The writer only ever
+    try-locks the hash, so a read-back never holds up a write.
     """
 
-    def __init__(self, digest: Digest, size: int, budget: HoldBudget = NO_HOLDING) -> None:
+    def __init__(self, digest: Digest, size: int) -> None:
         self.expected = digest
         self._size = size
         self._hash = new_hash(digest, size)
         self._lock = threading.Lock()
         """Guards the hash and `offset`; held across a read-back."""
         self.offset = 0
-        self._budget = budget
-        self._held: dict[int, tuple[Sequence[bytes], int]] = {}
-        """Start offset -> (pieces, length) of blocks written ahead of `offset`."""
+        self._held: dict[int, tuple[memoryview, Callable[[], None]]] = {}
+        """Start offset -> (bytes, release) of blocks written ahead of `offset`."""
         self._held_lock = threading.Lock()
         """Guards `_held` alone, never across I/O or hashing."""
         self.read_back = 0
         """Bytes hashed by reading them back from disk rather than from memory."""
 
-    def offer(self, offset: int, pieces: Sequence[bytes], *, hold: bool = True) -> bool:
-        """Hash `pieces` (written at `offset`) if they continue the hashed prefix; otherwise,
-        with `hold` and room in the budget, keep them until they do. True when hashed now."""
-        if self._offer(offset, pieces, save=False) is not None:
-            return True
-        if hold:
-            self._hold(offset, pieces)
-        return False
+    def offer(self, offset: int, pieces: Sequence[bytes | memoryview]) -> bool:
+        """Hash `pieces` (written at `offset`) if they continue the hashed prefix. True when
+        hashed; otherwise they are the caller's to `hold` or forget."""
+        return self._offer(offset, pieces, save=False) is not None
 
-    def offer_tentatively(self, offset: int, pieces: Sequence[bytes]) -> HashCheckpoint | None:
+    def hold(self, offset: int, data: memoryview, release: Callable[[], None]) -> None:
+        """Keep `data` (written at `offset`, ahead of the frontier) until the frontier reaches
+        it. `release` is called once the memory is free again: when it is hashed, dropped, or
+        at once when the frontier has passed it already."""
+        if offset < self.offset:
+            release()
+            return
+        with self._held_lock:
+            self._held[offset] = (data, release)
+        # The frontier may have reached `offset` while this block was on its way in.
+        if offset == self.offset and self._lock.acquire(blocking=False):
+            try:
+                self._hash_held()
+            finally:
+                self._lock.release()
+
+    def offer_tentatively(
+        self, offset: int, pieces: Sequence[bytes | memoryview]
+    ) -> HashCheckpoint | None:
         """`offer` the first block of a chunk not verified yet (a peer's copy); the checkpoint
         returned (None when not hashed) lets `rewind` undo it and what followed if the chunk
         turns out bad. Only a chunk's first block can continue the prefix: until the chunk is
@@ -129,9 +117,11 @@ class TrailingHasher:
     @property
     def held_bytes(self) -> int:
         with self._held_lock:
-            return sum(length for _, length in self._held.values())
+            return sum(len(data) for data, _ in self._held.values())
 
-    def _offer(self, offset: int, pieces: Sequence[bytes], *, save: bool) -> HashCheckpoint | None:
+    def _offer(
+        self, offset: int, pieces: Sequence[bytes | memoryview], *, save: bool
+    ) -> HashCheckpoint | None:
         if self._held:  # new bytes over a held block's range (a rewrite) make that copy stale
             end = offset + sum(len(p) for p in pieces)
             self._drop(lambda start, length: start < end and offset < start + length)
@@ -150,26 +140,13 @@ class TrailingHasher:
         finally:
             self._lock.release()
 
-    def _hold(self, offset: int, pieces: Sequence[bytes]) -> None:
-        length = sum(len(p) for p in pieces)
-        if offset < self.offset or not self._budget.take(length):
-            return
-        with self._held_lock:
-            self._held[offset] = (pieces, length)
-        # The frontier may have reached `offset` while this block was on its way in.
-        if offset == self.offset and self._lock.acquire(blocking=False):
-            try:
-                self._hash_held()
-            finally:
-                self._lock.release()
-
     def _drop(self, stale: Callable[[int, int], bool]) -> None:
-        """Drop the held blocks for which `stale(start, length)` holds, giving their bytes back."""
+        """Drop the held blocks for which `stale(start, length)` holds, releasing them."""
         with self._held_lock:
-            starts = [start for start, (_, length) in self._held.items() if stale(start, length)]
-            freed = sum(self._held.pop(start)[1] for start in starts)
-        if freed:
-            self._budget.give_back(freed)
+            starts = [start for start, (data, _) in self._held.items() if stale(start, len(data))]
+            dropped = [self._held.pop(start)[1] for start in starts]
+        for release in dropped:
+            release()
 
     def _hash_held(self) -> None:
         """With `_lock` held: hash held blocks for as long as they continue the prefix."""
@@ -178,15 +155,14 @@ class TrailingHasher:
                 found = self._held.pop(self.offset, None)
             if found is None:
                 return
-            pieces, length = found
-            for piece in pieces:
-                self._hash.update(piece)
-            self.offset += length
-            self._budget.give_back(length)
+            data, release = found
+            self._hash.update(data)
+            self.offset += len(data)
+            release()
 
     def _next_held(self) -> int | None:
         """Where the first held block ahead starts; blocks the hashing has passed (it never
-        should) are dropped so that they cannot pin the budget."""
+        should) are dropped so that they cannot pin memory."""
         self._drop(lambda start, length: start < self.offset)
         with self._held_lock:
             return min(self._held, default=None)

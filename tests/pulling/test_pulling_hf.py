@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from modelcache.contract.errors import (
 )
 from modelcache.origin.faults import FaultRule
 from modelcache.pulling import PullProgress, SourceCredentials, pull
+from modelcache.pulling.verifying import TrailingHasher
 from tests.hub_origin import FAST, REPO_FILES, HubFixture, tree_of
 
 URI = "hf://acme/tiny-model"
@@ -373,3 +376,44 @@ async def test_buffered_writes_when_direct_io_is_off(hub: HubFixture, tmp_path: 
     settings = dataclasses.replace(FAST, direct_io=False)
     await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
     assert tree_of(tmp_path / "m") == tree_of(hub.source_dir)
+
+
+async def test_a_cancelled_pull_stops_at_once_even_while_every_body_stalls(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    """Origin bodies are read on threads: cancelling must unblock them, not wait for a stall
+    timeout, and leave no thread writing into the staging files."""
+    stall = hub.origin.faults.stall(after_bytes=10_000, seconds=30, count=None)
+    settings = dataclasses.replace(FAST, stall_timeout=60.0)
+    dest = tmp_path / "m"
+    pulling = asyncio.create_task(pull(URI, dest, settings=settings, credentials=hub.credentials))
+    while stall.hits < settings.concurrency:
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    pulling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pulling
+    assert time.monotonic() - started < 2.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("modelcache-fetch")]
+    assert not dest.exists()
+
+
+async def test_blocks_written_ahead_are_hashed_from_memory_not_read_back(
+    hub: HubFixture, tmp_path: Path
+) -> None:
+    """Several connections per file write ahead of its hashing frontier; the blocks they hold
+    cover it, so the pull reads nothing back from disk to verify."""
+    read_back: list[int] = []
+    original = TrailingHasher.matches
+
+    def counting(self: TrailingHasher) -> bool:
+        read_back.append(self.read_back)
+        return original(self)
+
+    settings = dataclasses.replace(FAST, chunk_size=64 * 1024, write_block=16 * 1024)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrailingHasher, "matches", counting)
+        await pull(URI, tmp_path / "m", settings=settings, credentials=hub.credentials)
+    assert tree_of(tmp_path / "m") == tree_of(hub.source_dir)
+    assert len(read_back) == len(REPO_FILES)  # every file has a digest to check
+    assert sum(read_back) == 0
