@@ -32,7 +32,7 @@ from modelcache.coordinator.inference_services import InferenceServiceIndex
 from modelcache.coordinator.nodes import NodeRecord, serves
 from modelcache.coordinator.peering import PeerIndex
 from modelcache.coordinator.placement import DesiredModel, Placement, place
-from modelcache.coordinator.rendering import JoinedList, Rendering
+from modelcache.coordinator.rendering import ListBody, Rendering
 from modelcache.coordinator.statuses import (
     ConditionBook,
     Timing,
@@ -98,7 +98,7 @@ class Registry:
         # last sweep; later heartbeats only move it out); -inf: something else changed, sweep.
         self._sweep_due = -math.inf
         self._renderings: dict[str, Rendering] = {}  # what REST and the status writer serve
-        self.cache_list = JoinedList(
+        self.cache_list = ListBody(
             b'{"apiVersion":%s,"kind":"LocalModelCacheList","metadata":{},"items":['
             % orjson.dumps(API_VERSION)
         )

@@ -118,7 +118,7 @@ def _list(kind: str, items: list[JsonObject]) -> web.Response:
 # --- LocalModelCache / LocalModelNodeGroup / LocalModelNode ------------------------------------
 
 
-async def list_caches(request: web.Request) -> web.Response:
+async def list_caches(request: web.Request) -> web.StreamResponse:
     coordinator = request.app[COORDINATOR]
     max_age = coordinator.settings.status_render_max_age
     registry = coordinator.registry
@@ -127,7 +127,7 @@ async def list_caches(request: web.Request) -> web.Response:
         if name in registry.caches:  # not deleted while other requests ran
             items.append(registry.cache_json(name, max_age))
         await pause.now_and_then()
-    return _json_bytes(registry.cache_list.of(items))
+    return await _json_pieces(request, registry.cache_list.of(items))
 
 
 async def get_cache(request: web.Request) -> web.Response:
@@ -145,6 +145,17 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 def _json_bytes(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
+
+
+async def _json_pieces(request: web.Request, pieces: list[bytes]) -> web.StreamResponse:
+    """A JSON body sent as the pieces it is made of, never joined (see `ListBody`)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = sum(len(p) for p in pieces)
+    await response.prepare(request)
+    for piece in pieces:
+        await response.write(piece)
+    await response.write_eof()
+    return response
 
 
 async def put_cache(request: web.Request) -> web.Response:
