@@ -87,19 +87,21 @@ class BlockingClient:
             num_pools=8,
             maxsize=connections,
             timeout=urllib3.Timeout(connect=connect_timeout, read=stall_timeout),
-            # Redirects only: every other failure is the caller's to retry, with its backoff.
+            # Redirects, and one resend of a request that a kept-alive connection lost before
+            # any answer (the server closed it while idle); every other failure is the
+            # caller's to retry, with its backoff.
             retries=urllib3.Retry(
                 total=None,
                 connect=0,
-                read=0,
+                read=1,
                 status=0,
                 other=0,
                 redirect=MAX_REDIRECTS,
                 raise_on_status=False,
             ),
-            headers={"User-Agent": user_agent},
         )
         self._pool.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+        self._headers = {"User-Agent": user_agent}
         self._lock = threading.Lock()
         self._in_use: dict[int, _Tracked] = {}
         """Thread id -> the connection that thread is using."""
@@ -111,7 +113,11 @@ class BlockingClient:
         _current.client = self
         try:
             return self._pool.request(
-                "GET", url, headers=dict(headers), preload_content=False, decode_content=False
+                "GET",
+                url,
+                headers={**self._headers, **headers},
+                preload_content=False,
+                decode_content=False,
             )
         except BaseException:
             self._forget()

@@ -126,6 +126,8 @@ class BlockPool:
     def swap(self, wait: float = 0.0) -> BodyBlock | None:
         """A spare block in exchange for one handed to a hasher (given back later), or None
         when `limit` blocks stayed out for `wait` seconds."""
+        if not self._limit:
+            return None
         with self._returned:
             if time.monotonic() < self._no_wait_until:
                 wait = 0.0
