@@ -146,6 +146,12 @@ class BlockPool:
             self._spare.append(block)
             self._returned.notify()
 
+    def clear(self) -> None:
+        """Let go of the spare blocks (the pull is over): their memory goes back to the system
+        as soon as nothing else refers to them."""
+        with self._returned:
+            self._spare.clear()
+
 
 def read_at(fd: int, direct_fd: int, offset: int, length: int) -> memoryview:
     """Up to `length` bytes at `offset`, valid until this thread's next call."""

@@ -111,6 +111,7 @@ class ChunkFetcher:
         self._client.abort()
         self._threads.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+        self._origin.close()
 
     async def fetch(self, transfer: FileTransfer, chunk: Chunk) -> None:
         """Fetch one chunk from the source (or, if the server ignores Range, the whole file),

@@ -106,6 +106,14 @@ class OriginReceiver:
         self._own = threading.local()
         """Each fetch thread's block to receive into (swapped when a hasher keeps it)."""
 
+    def close(self) -> None:
+        """After the last `receive` has returned: free the spare blocks, and drop the callbacks,
+        which refer back to the fetcher (a cycle would keep this pull's blocks in memory until
+        the next garbage collection, which an idle agent may not run for a long time)."""
+        self.blocks.clear()
+        self._on_block = _ignore_block
+        self._throttle = None
+
     def receive(self, transfer: FileTransfer, chunk: Chunk, cursor: Cursor) -> None:
         """One attempt at the rest of `chunk` (or, if the server ignores Range, the file)."""
         if transfer.streaming and not cursor.streaming:
@@ -260,3 +268,7 @@ def content_range_start(value: str | None) -> int | None:
         return None
     start = value[6:].split("-", 1)[0]
     return int(start) if start.isdigit() else None
+
+
+def _ignore_block(*_: object) -> None:
+    """`on_block` of a closed receiver."""
