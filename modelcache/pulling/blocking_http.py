@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urljoin
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -38,10 +40,16 @@ class Aborted(Exception):
     """The client was aborted while this thread was using it (the pull is being cancelled)."""
 
 
-class _Tracked:
-    """Connections that tell their client which thread uses them, so `abort` can reach them."""
+class _TrackedHTTPConnection(HTTPConnection):
+    """A connection that tells its client which thread uses it, so `abort` can reach it."""
 
-    sock: socket.socket | None
+    def connect(self) -> None:
+        self._track()
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._track()
+        super().request(*args, **kwargs)
 
     def _track(self) -> None:
         client: BlockingClient | None = getattr(_current, "client", None)
@@ -49,24 +57,8 @@ class _Tracked:
             client._using(self)
 
 
-class _TrackedHTTPConnection(_Tracked, HTTPConnection):
-    def connect(self) -> None:
-        self._track()
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        self._track()
-        super().request(*args, **kwargs)
-
-
-class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
-    def connect(self) -> None:
-        self._track()
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        self._track()
-        super().request(*args, **kwargs)
+class _TrackedHTTPSConnection(_TrackedHTTPConnection, HTTPSConnection):
+    """The same for TLS: `super()` in the methods above reaches HTTPSConnection first."""
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):
@@ -81,10 +73,18 @@ class BlockingClient:
     """One pull's origin connections (at most `connections` open at once), used from threads."""
 
     def __init__(
-        self, *, connections: int, connect_timeout: float, stall_timeout: float, user_agent: str
+        self,
+        *,
+        connections: int,
+        connect_timeout: float,
+        stall_timeout: float,
+        user_agent: str,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: whom to trust over TLS; the system's CAs by default."""
         self._pool = urllib3.PoolManager(
             num_pools=8,
+            ssl_context=ssl_context,
             maxsize=connections,
             timeout=urllib3.Timeout(connect=connect_timeout, read=stall_timeout),
             # Redirects, and one resend of a request that a kept-alive connection lost before
@@ -103,7 +103,7 @@ class BlockingClient:
         self._pool.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
         self._headers = {"User-Agent": user_agent}
         self._lock = threading.Lock()
-        self._in_use: dict[int, _Tracked] = {}
+        self._in_use: dict[int, HTTPConnection] = {}
         """Thread id -> the connection that thread is using."""
         self.aborted = False
 
@@ -124,6 +124,18 @@ class BlockingClient:
             raise
         finally:
             _current.client = None
+
+    @staticmethod
+    def redirected_to(response: BaseHTTPResponse) -> str | None:
+        """The absolute URL that answered, when the request was redirected (urllib3's own
+        `geturl()` keeps a relative Location as it came)."""
+        history = response.retries.history if response.retries is not None else ()
+        if not history:
+            return None
+        last = history[-1]
+        if last.url is None or last.redirect_location is None:
+            return None
+        return urljoin(last.url, last.redirect_location)
 
     def read_into(self, response: BaseHTTPResponse, buffer: memoryview) -> int:
         """Fill `buffer` from the body as far as it goes; less only where the body ends."""
@@ -171,7 +183,7 @@ class BlockingClient:
     def close(self) -> None:
         self._pool.clear()
 
-    def _using(self, connection: _Tracked) -> None:
+    def _using(self, connection: HTTPConnection) -> None:
         with self._lock:
             if self.aborted:
                 raise Aborted

@@ -152,10 +152,8 @@ class OriginReceiver:
     ) -> bool:
         """Take the answer in; True when its whole body was read."""
         status = response.status
-        if redirected is None and response.retries is not None and response.retries.history:
-            final = response.geturl()
-            if final:
-                self._redirects[transfer.index] = final
+        if redirected is None and (final := self._client.redirected_to(response)):
+            self._redirects[transfer.index] = final
         if redirected is not None and status in _EXPIRED_REDIRECT_STATUSES:
             # Several threads can meet the same expired target at once.
             self._redirects.pop(transfer.index, None)

@@ -57,6 +57,14 @@ def _blocks(data: bytes, size: int) -> list[tuple[int, bytes]]:
     return [(start, data[start : start + size]) for start in range(0, len(data), size)]
 
 
+def _hash_the_rest(hasher: TrailingHasher, path: Path, size: int) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hasher.advance_to(fd, size)
+    finally:
+        os.close(fd)
+
+
 class _Writer:
     """What a fetch thread does with a block it wrote: offer it, and if the hasher cannot take
     it yet, hand it over in exchange for a spare from the pool (when the pool has one)."""
@@ -93,11 +101,7 @@ def test_blocks_written_ahead_are_held_and_hashed_from_memory(tmp_path: Path) ->
     assert writer.write(0, blocks[0][1])  # the frontier arrives: everything held follows it
     assert hasher.offset == len(data)
     assert pool.out == 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        hasher.advance_to(fd, len(data))
-    finally:
-        os.close(fd)
+    _hash_the_rest(hasher, path, len(data))
     assert hasher.read_back == 0
     assert hasher.matches()
 
@@ -110,11 +114,7 @@ def test_what_the_pool_cannot_hold_is_read_back(tmp_path: Path) -> None:
     for start, block in _blocks(data, 65536)[1:]:
         writer.write(start, block)  # blocks 1-3 are held, 4-7 not
     assert hasher.held_bytes == 3 * 65536
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        hasher.advance_to(fd, len(data))
-    finally:
-        os.close(fd)
+    _hash_the_rest(hasher, path, len(data))
     assert hasher.read_back == 65536 + 4 * 65536  # block 0 and the four not held
     assert pool.out == 0
     assert hasher.matches()
