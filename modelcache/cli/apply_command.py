@@ -17,9 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
-
-import yaml
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from modelcache.cli.objects_command import (
     CACHES,
@@ -33,6 +31,9 @@ from modelcache.cli.objects_command import (
 )
 from modelcache.contract.errors import UsageError
 from modelcache.contract.objects import FieldError, JsonObject, check_name
+
+if TYPE_CHECKING:
+    import yaml  # imported where it is used: `modelcache pull` loads this module, not YAML
 
 APPLY_ORDER: Final = (NODE_GROUPS, CACHES)
 KINDS: Final = {r.kind: r for r in APPLY_ORDER}
@@ -112,6 +113,8 @@ def read_sources(paths: Sequence[str]) -> list[tuple[str, str]]:
 def parse_manifests(sources: Sequence[tuple[str, str]]) -> list[Manifest]:
     """Every object in every source, checked enough to address it: kind and metadata.name. The
     coordinator checks the rest and names the field at fault."""
+    import yaml
+
     manifests = []
     for label, text in sources:
         index = 0
@@ -144,6 +147,8 @@ def _manifest(document: object, where: str) -> Manifest:
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """One line instead of PyYAML's multi-line report."""
+    import yaml
+
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
         return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-import aiohttp
 from aiolimiter import AsyncLimiter
 
 from modelcache.contract.errors import (
@@ -28,14 +27,13 @@ from modelcache.contract.quantities import format_bytes
 from modelcache.contract.uris import ModelSource, parse_source_uri
 from modelcache.pulling.capacity import disk_error, ensure_free_space
 from modelcache.pulling.directio import ALIGN, open_direct
-from modelcache.pulling.fetching import ChunkFetcher, PeerChunk
+from modelcache.pulling.fetching import ChunkAccounting, ChunkFetcher, PeerChunk
 from modelcache.pulling.journaling import Journal, open_journal
 from modelcache.pulling.listing import RemoteListing
 from modelcache.pulling.manifests import Manifest, read_manifest, write_manifest
 from modelcache.pulling.peering import BoardFile, ChunkBoard, PeerGroup
 from modelcache.pulling.peering.board import fill_published
 from modelcache.pulling.peering.errors import PeerError
-from modelcache.pulling.peering.tracking import PeerTracker
 from modelcache.pulling.planning import in_fetch_order, plan_chunks
 from modelcache.pulling.reusing import link_unchanged
 from modelcache.pulling.safety import check_listing
@@ -51,6 +49,9 @@ from modelcache.pulling.staging import (
 )
 from modelcache.pulling.transfers import FileTransfer
 from modelcache.pulling.verifying import TrailingHasher, check_published
+
+if TYPE_CHECKING:
+    from modelcache.pulling.peer_copying import PeerCopier
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -91,34 +92,6 @@ class PullResult:
     """Of `fetched_bytes`, the bytes that came from peers rather than the origin."""
 
 
-def open_peer_session(settings: PullSettings) -> aiohttp.ClientSession:
-    """Peers get their own pool: their long polls must never take the origin's connections."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=settings.peers_per_chunk_request + 1)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.peer_stall_timeout)
-    return _session(connector, timeout)
-
-
-def open_http_session(settings: PullSettings) -> aiohttp.ClientSession:
-    """The session a pull lists its source with (chunks come through `ChunkFetcher`)."""
-    connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
-    )
-    return _session(connector, timeout)
-
-
-def _session(
-    connector: aiohttp.TCPConnector, timeout: aiohttp.ClientTimeout
-) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        read_bufsize=256 * 1024,
-        headers={"User-Agent": "modelcache"},
-    )
-
-
 async def pull(
     uri: str,
     dest: Path,
@@ -144,38 +117,35 @@ async def pull(
     started = time.monotonic()
     source = source or parse_source_uri(uri)
     paths = StagingPaths(Path(os.path.abspath(dest)))  # noqa: ASYNC240 (getcwd, no disk I/O)
-    async with open_http_session(settings) as session:
-        listing = await list_source(source, uri, credentials, session)
-        listing = listing.filtered(settings.include, settings.exclude)
-        if not listing.files:
-            filtered = (
-                " matching --include/--exclude" if settings.include or settings.exclude else ""
-            )
-            raise SourceNotFoundError(f"{uri} has no files{filtered}: nothing to pull")
-        check_listing(uri, listing.files, max_files=settings.max_files)
-        with _local_disk_errors(paths.dest), exclusive_lock(paths):
-            await asyncio.to_thread(recover_publish, paths)
-            if await _already_published(paths, listing, verify_digests):
-                manifest = await asyncio.to_thread(read_manifest, paths.manifest)
-                if board is not None and manifest is not None:
-                    fill_published(board, manifest, paths.dest)
-                return _result(paths, listing, fetched=0, started=started, up_to_date=True)
-            await asyncio.to_thread(_refuse_foreign_destination, paths)
-            run = _PullRun(
-                listing,
-                paths,
-                settings,
-                progress,
-                limiter,
-                trust_published=not verify_digests,
-                peers=peers,
-                board=board,
-            )
-            try:
-                fetched = await run.execute()
-            finally:
-                if board is not None and not board.complete:
-                    board.close()
+    listing = await list_source(source, uri, credentials, settings)
+    listing = listing.filtered(settings.include, settings.exclude)
+    if not listing.files:
+        filtered = " matching --include/--exclude" if settings.include or settings.exclude else ""
+        raise SourceNotFoundError(f"{uri} has no files{filtered}: nothing to pull")
+    check_listing(uri, listing.files, max_files=settings.max_files)
+    with _local_disk_errors(paths.dest), exclusive_lock(paths):
+        await asyncio.to_thread(recover_publish, paths)
+        if await _already_published(paths, listing, verify_digests):
+            manifest = await asyncio.to_thread(read_manifest, paths.manifest)
+            if board is not None and manifest is not None:
+                fill_published(board, manifest, paths.dest)
+            return _result(paths, listing, fetched=0, started=started, up_to_date=True)
+        await asyncio.to_thread(_refuse_foreign_destination, paths)
+        run = _PullRun(
+            listing,
+            paths,
+            settings,
+            progress,
+            limiter,
+            trust_published=not verify_digests,
+            peers=peers,
+            board=board,
+        )
+        try:
+            fetched = await run.execute()
+        finally:
+            if board is not None and not board.complete:
+                board.close()
     return _result(
         paths,
         listing,
@@ -315,9 +285,14 @@ class _PullRun:
     async def _transfer_all(self, transfers: list[FileTransfer], journal: Journal) -> None:
         order = in_fetch_order([t.chunks for t in transfers])
         fingerprint = self._listing.fingerprint()
+        account = ChunkAccounting(self._on_written, self._board)
         async with contextlib.AsyncExitStack() as stack:
-            tracker, peer_session = None, None
+            tracker, copier = None, None
             if self._peers is not None:
+                # Only pulls with peers need aiohttp's client: a plain pull starts without it.
+                from modelcache.pulling.peer_copying import PeerCopier, open_peer_session
+                from modelcache.pulling.peering.tracking import PeerTracker
+
                 peer_session = await stack.enter_async_context(open_peer_session(self._settings))
                 tracker = PeerTracker(
                     self._peers,
@@ -327,6 +302,7 @@ class _PullRun:
                     needed=lambda key: not transfers[key[0]].done[key[1]],
                     on_change=lambda: scheduler.wake(),
                 )
+                copier = PeerCopier(peer_session, self._settings, journal, self._writes, account)
             scheduler = ChunkScheduler(
                 transfers, order, self._settings, fingerprint=fingerprint, tracker=tracker
             )
@@ -334,11 +310,9 @@ class _PullRun:
                 self._listing.request_headers,
                 self._settings,
                 journal,
-                self._writes,
-                self._on_written,
+                account,
                 self._limiter,
                 board=self._board,
-                peer_session=peer_session,
             )
             stack.callback(fetcher.close)
             workers = self._settings.concurrency
@@ -349,7 +323,8 @@ class _PullRun:
                         watching = group.create_task(tracker.run(), name="peer-maps")
                     for i in range(workers):
                         group.create_task(
-                            self._work(scheduler, fetcher, transfers), name=f"pull-worker-{i}"
+                            self._work(scheduler, fetcher, copier, transfers),
+                            name=f"pull-worker-{i}",
                         )
                     verifiers = [
                         group.create_task(
@@ -363,7 +338,11 @@ class _PullRun:
                         watching.cancel()
 
     async def _work(
-        self, scheduler: ChunkScheduler, fetcher: ChunkFetcher, transfers: list[FileTransfer]
+        self,
+        scheduler: ChunkScheduler,
+        fetcher: ChunkFetcher,
+        copier: PeerCopier | None,
+        transfers: list[FileTransfer],
     ) -> None:
         while (assignment := await scheduler.next()) is not None:
             chunk, peer = assignment.chunk, assignment.peer
@@ -375,6 +354,7 @@ class _PullRun:
                     scheduler.finished(assignment)
                 continue
             assert self._peers is not None
+            assert copier is not None
             source = PeerChunk(
                 peer.node,
                 peer.url + FILE_PATH.format(key=self._peers.storage_key, index=chunk.file_index),
@@ -382,7 +362,7 @@ class _PullRun:
                 peer.held[assignment.key],
             )
             try:
-                await fetcher.fetch_from_peer(transfer, chunk, source)
+                await copier.copy(transfer, chunk, source)
             except PeerError as e:
                 self._done_bytes -= e.discarded
                 log.log(

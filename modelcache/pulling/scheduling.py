@@ -17,12 +17,15 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelcache.pulling.peering.errors import PeerError
-from modelcache.pulling.peering.tracking import Key, PeerTracker, PeerView
 from modelcache.pulling.planning import Chunk
 from modelcache.pulling.settings import PullSettings
 from modelcache.pulling.transfers import FileTransfer
+
+if TYPE_CHECKING:  # the tracker, and aiohttp with it, is imported only by pulls with peers
+    from modelcache.pulling.peering.tracking import Key, PeerTracker, PeerView
 
 IDLE_BEFORE_TAKING_OTHERS = 1.0
 """Seconds with nothing to do before an idle node takes origin chunks another node owns."""

@@ -8,12 +8,23 @@ from modelcache.contract.errors import PermanentError, TemporaryError
 from modelcache.contract.uris import HttpSource
 from modelcache.pulling.httperrors import error_for_status
 from modelcache.pulling.listing import RemoteFile, RemoteListing
+from modelcache.pulling.settings import PullSettings
 
 AUTH_HINT = "the URL needs credentials modelcache cannot send; use a pre-signed URL"
 
 
-async def list_http(source: HttpSource, uri: str, session: aiohttp.ClientSession) -> RemoteListing:
+async def list_http(source: HttpSource, uri: str, settings: PullSettings) -> RemoteListing:
     """Size and version of the file from a HEAD (or a one-byte ranged GET if HEAD is refused)."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
+    )
+    async with aiohttp.ClientSession(
+        timeout=timeout, auto_decompress=False, headers={"User-Agent": "modelcache"}
+    ) as session:
+        return await _list(source, uri, session)
+
+
+async def _list(source: HttpSource, uri: str, session: aiohttp.ClientSession) -> RemoteListing:
     what = uri
     try:
         async with session.head(source.url, allow_redirects=True) as resp:
