@@ -120,13 +120,26 @@ class ChunkFetcher:
             self._throttle_from_thread if self._limiter is not None else None,
         )
 
-    def close(self) -> None:
-        """Stop every fetch thread: their sockets are shut down, so this takes moments even
-        when a body stalls. Blocks until they are gone (they write into the pull's files)."""
+    async def aclose(self) -> None:
+        """Stop every fetch thread and wait until they are gone: they write into the pull's
+        files, which must not be closed under them. Their sockets are shut down, so this takes
+        moments even when a body stalls (a connect under way runs to its timeout). The wait is
+        off the event loop, and a second cancellation does not cut it short: it is re-raised
+        once the threads are gone."""
         self._client.abort()
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        joined = asyncio.ensure_future(
+            asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
+        )
+        cancelled = False
+        while not joined.done():
+            try:
+                await asyncio.shield(joined)
+            except asyncio.CancelledError:
+                cancelled = True
         self._client.close()
         self._origin.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def fetch(self, transfer: FileTransfer, chunk: Chunk) -> None:
         """Fetch one chunk from the source (or, if the server ignores Range, the whole file),

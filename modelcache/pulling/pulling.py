@@ -314,7 +314,7 @@ class _PullRun:
                 self._limiter,
                 board=self._board,
             )
-            stack.callback(fetcher.close)
+            stack.push_async_callback(fetcher.aclose)
             workers = self._settings.concurrency
             with _first_error_of_group():
                 async with asyncio.TaskGroup() as group:
