@@ -81,7 +81,8 @@ class ChunkAccounting:
 
 
 class ChunkFetcher:
-    """Fetches a pull's chunks; `close` it to stop its threads (at once, even mid-body)."""
+    """Fetches a pull's chunks from the origin; `aclose` it to stop its threads (at once, even
+    mid-body)."""
 
     def __init__(
         self,

@@ -27,7 +27,8 @@ from modelcache.pulling.transfers import FileTransfer
 
 
 def open_peer_session(settings: PullSettings) -> aiohttp.ClientSession:
-    """Peers get their own pool: their long polls must never wait on each other's copies."""
+    """The pool for peer traffic (chunk-map long polls and chunk copies); origin chunks go
+    through the fetch threads' own connections."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=0, limit_per_host=settings.peers_per_chunk_request + 1
