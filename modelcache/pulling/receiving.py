@@ -100,7 +100,7 @@ class OriginReceiver:
         self._loop = loop
         self._throttle = throttle
         self._block_size = settings.write_block
-        self.blocks = BlockPool(settings.write_block, settings.hash_hold // settings.write_block)
+        self._blocks = BlockPool(settings.write_block, settings.hash_hold // settings.write_block)
         self._takeover = threading.Lock()
         """Serialises taking over a file whose server ignores Range."""
         self._own = threading.local()
@@ -110,7 +110,7 @@ class OriginReceiver:
         """After the last `receive` has returned: free the spare blocks, and drop the callbacks,
         which refer back to the fetcher (a cycle would keep this pull's blocks in memory until
         the next garbage collection, which an idle agent may not run for a long time)."""
-        self.blocks.clear()
+        self._blocks.clear()
         self._on_block = _ignore_block
         self._throttle = None
 
@@ -129,17 +129,16 @@ class OriginReceiver:
             else (transfer.remote.url, self._headers)
         )
         try:
-            ranged = {**headers, "Range": f"bytes={cursor.position}-{last}"}
-            response = self._client.get(url, ranged)
+            response = self._client.get(
+                url, {**headers, "Range": f"bytes={cursor.position}-{last}"}
+            )
+            whole = False
+            try:
+                whole = self._answer(response, redirected, transfer, chunk, cursor, what)
+            finally:
+                self._client.finish(response, whole=whole)
         except TRANSPORT_ERRORS as e:
             raise TemporaryError(f"{what}: {type(e).__name__}: {e}") from e
-        whole = False
-        try:
-            whole = self._answer(response, redirected, transfer, chunk, cursor, what)
-        except TRANSPORT_ERRORS as e:
-            raise TemporaryError(f"{what}: {type(e).__name__}: {e}") from e
-        finally:
-            self._client.finish(response, whole=whole)
 
     def _answer(
         self,
@@ -232,10 +231,10 @@ class OriginReceiver:
             cursor.chunk_hash.update(data)
         hasher = transfer.hasher
         if hasher is not None and not hasher.offer(offset, [data]):
-            spare = self.blocks.swap(wait=HOLD_WAIT)
+            spare = self._blocks.swap(wait=HOLD_WAIT)
             if spare is not None:
                 # The thread's block becomes the hasher's: never receive into it again.
-                hasher.hold(offset, data, functools.partial(self.blocks.give_back, block))
+                hasher.hold(offset, data, functools.partial(self._blocks.give_back, block))
                 block = self._own.block = spare
         digest = ""
         if finished:

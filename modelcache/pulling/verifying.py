@@ -86,7 +86,10 @@ class TrailingHasher:
             release()
             return
         with self._held_lock:
+            replaced = self._held.pop(offset, None)
             self._held[offset] = (data, release)
+        if replaced is not None:  # the same range written again: the older copy is stale
+            replaced[1]()
         # The frontier may have reached `offset` while this block was on its way in.
         if offset == self.offset and self._lock.acquire(blocking=False):
             try:

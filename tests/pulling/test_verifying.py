@@ -168,3 +168,17 @@ def test_a_block_the_frontier_has_passed_is_released_at_once(tmp_path: Path) -> 
     hasher.hold(0, memoryview(data[:65536]), lambda: released.append(0))
     assert released == [0]
     assert hasher.held_bytes == 0
+
+
+def test_a_block_held_again_at_the_same_offset_releases_the_older_one(tmp_path: Path) -> None:
+    """Two writes of one range racing to be held: the older copy goes back, never leaks."""
+    data, _, digest = _staged(tmp_path, 2 * 65536)
+    hasher = TrailingHasher(digest, len(data))
+    released: list[str] = []
+    hasher.hold(65536, memoryview(data[65536:]), lambda: released.append("first"))
+    hasher.hold(65536, memoryview(data[65536:]), lambda: released.append("second"))
+    assert released == ["first"]
+    assert hasher.held_bytes == 65536
+    assert hasher.offer(0, [data[:65536]])
+    assert released == ["first", "second"]
+    assert hasher.matches()
